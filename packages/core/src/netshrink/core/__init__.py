@@ -1,0 +1,28 @@
+"""netshrink.core: the interface every netshrink package shares."""
+
+from netshrink.core.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    flatten_optimizer_state,
+    load_checkpoint,
+    restore_optimizer_state,
+    save_checkpoint,
+)
+from netshrink.core.registry import Registry
+from netshrink.core.stage import (
+    STAGES,
+    Stage,
+    apply_recipe,
+    describe_recipe,
+    register_stage,
+    stage_from_description,
+)
+from netshrink.core.stats import ModelStats, count_macs, count_params, state_bytes
+from netshrink.core.validation import check_choice, check_float, check_int
+
+__all__ = [
+    "STAGES", "Checkpoint", "CheckpointError", "ModelStats", "Registry", "Stage", "apply_recipe",
+    "check_choice", "check_float", "check_int", "count_macs", "count_params", "describe_recipe",
+    "flatten_optimizer_state", "load_checkpoint", "register_stage", "restore_optimizer_state",
+    "save_checkpoint", "stage_from_description", "state_bytes",
+]

@@ -1,0 +1,117 @@
+"""The Stage interface: one compression step (quantize, prune, fuse, ...) with a frozen config.
+
+A stage turns a model into a compressed model with ``apply``. Stages that act during training
+(a slimming penalty, a gradual sparsity schedule) override the optional hooks; the training
+engine calls them for every stage in the recipe. ``describe`` gives a JSON-able record that
+checkpoints store, so a saved model can be rebuilt: ``stage_from_description`` finds the stage
+class again by its ``kind``, importing the netshrink package that owns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from netshrink.core.registry import Registry
+
+STAGES: Registry[type[Stage]] = Registry("stage kind")
+
+
+def register_stage(kind: str):
+    """Class decorator: register a Stage subclass under ``kind`` (``"<package>.<name>"``)."""
+    def add(cls: type[Stage]) -> type[Stage]:
+        cls.kind = kind
+        return STAGES.register(kind)(cls)
+    return add
+
+
+class Stage(ABC):
+    """One compression step. Subclasses set ``config_class`` and implement ``apply``."""
+
+    kind: ClassVar[str] = ""
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                            f"got {type(config).__name__}")
+        self.config = config
+
+    @abstractmethod
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Return the compressed model (may be ``model`` itself, changed in place)."""
+
+    def rebuild(self, model: nn.Module) -> nn.Module:
+        """Recreate this stage's structure on a fresh model before weights are loaded.
+
+        The default re-applies the stage; stages whose result depends on data (pruning) override
+        it to use what ``describe`` recorded.
+        """
+        return self.apply(model)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able record: the kind and the config's fields."""
+        return {"kind": self.kind, "config": _jsonable(dataclasses.asdict(self.config))}
+
+    # Optional training hooks --------------------------------------------------------------
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to the training loss (e.g. L1 on BN scales); None for none."""
+        return None
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Called after every optimizer step (e.g. gradual pruning, re-applying masks)."""
+
+    def after_epoch(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        """Called after every training epoch (e.g. soft filter pruning)."""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+_PACKAGE_OF_PREFIX = {"quant": "netshrink-quant", "prune": "netshrink-prune",
+                      "bnfuse": "netshrink-bnfuse", "core": "netshrink-core"}
+
+
+def stage_from_description(description: dict[str, Any]) -> Stage:
+    """Rebuild a Stage from ``describe()``'s record; a missing package gets a clear error."""
+    kind = description.get("kind")
+    if not isinstance(kind, str) or "." not in kind:
+        raise ValueError(f"stage record has no valid 'kind' (got {kind!r}); "
+                         "expected '<package>.<name>', e.g. 'quant.quantize'")
+    if kind not in STAGES:
+        prefix = kind.split(".", 1)[0]
+        module = f"netshrink.{prefix}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            dist = _PACKAGE_OF_PREFIX.get(prefix, f"netshrink-{prefix}")
+            raise ModuleNotFoundError(
+                f"stage kind {kind!r} needs the package {dist} ({module}), which is not "
+                f"installed: pip install {dist}") from err
+    cls = STAGES.get(kind)
+    config = cls.config_class(**description.get("config", {}))
+    return cls(config)
+
+
+def apply_recipe(model: nn.Module, stages: Sequence[Stage]) -> nn.Module:
+    """Apply stages in order."""
+    for stage in stages:
+        model = stage.apply(model)
+    return model
+
+
+def describe_recipe(stages: Sequence[Stage]) -> list[dict[str, Any]]:
+    return [s.describe() for s in stages]

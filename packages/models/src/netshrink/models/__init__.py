@@ -1,0 +1,2 @@
+"""netshrink.models: the model zoo (being built)."""
+__all__: list[str] = []

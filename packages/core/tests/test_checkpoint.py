@@ -104,3 +104,11 @@ def test_optimizer_state_round_trip():
         m(x).pow(2).sum().backward()
         o.step()
     assert torch.equal(model.weight, clone.weight)
+
+
+def test_metadata_cannot_overwrite_the_format_record(tmp_path: Path):
+    path = save_checkpoint(tmp_path / "m.safetensors", {"w": torch.ones(1)},
+                           meta={"format": "other", "version": 99, "x": 1})
+    ckpt = load_checkpoint(path)
+    assert (ckpt.meta["format"], ckpt.meta["version"], ckpt.meta["x"]) == (
+        "netshrink-checkpoint", 1, 1)

@@ -47,3 +47,24 @@ def test_missing_package_error_names_the_package():
         stage_from_description({"kind": "nosuchpkg.thing", "config": {}})
     with pytest.raises(ValueError, match="no valid 'kind'"):
         stage_from_description({"config": {}})
+
+
+def test_unknown_config_fields_are_named():
+    with pytest.raises(ValueError,
+                       match=r"unknown config fields \['bogus'\]; allowed: \['factor'\]"):
+        stage_from_description({"kind": "core.test_scale", "config": {"bogus": 1}})
+
+
+def test_apply_recipe_keeps_the_build_record_on_a_new_module():
+    @register_stage("core.test_wrap")
+    class _Wrap(Stage):
+        config_class = _ScaleConfig
+
+        def apply(self, model):
+            return nn.Sequential(model)
+
+    lin = nn.Linear(1, 1)
+    lin.netshrink_spec = {"name": "toy", "kwargs": {}}
+    out = apply_recipe(lin, [_Wrap(_ScaleConfig())])
+    assert isinstance(out, nn.Sequential)
+    assert out.netshrink_spec == {"name": "toy", "kwargs": {}}

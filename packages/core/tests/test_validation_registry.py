@@ -26,8 +26,10 @@ def test_check_float_bounds_and_nan():
         check_float("lr", 0.0, min_value=0.0, min_exclusive=True)
     with pytest.raises(ValueError, match="at most 1"):
         check_float("p", 1.5, max_value=1)
-    with pytest.raises(ValueError, match="real number"):
+    with pytest.raises(ValueError, match="finite real number"):
         check_float("p", float("nan"))
+    with pytest.raises(ValueError, match="p=inf must be a finite"):
+        check_float("p", float("inf"))
 
 
 def test_registry_register_get_list():

@@ -54,7 +54,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module | dict[str, t
             raise ValueError(f"extra tensor name {name!r} must not start with {MODEL_PREFIX!r}")
         tensors[name] = t.detach().to("cpu").contiguous()
     _dedupe_shared(tensors)
-    record = {"format": FORMAT, "version": FORMAT_VERSION, **(meta or {})}
+    record = {**(meta or {}), "format": FORMAT, "version": FORMAT_VERSION}
     header = {_META_KEY: json.dumps(record, sort_keys=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -107,7 +107,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{path}: metadata is not valid JSON: {err}") from err
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown format {meta.get('format')!r}")
-    if meta.get("version", 0) > FORMAT_VERSION:
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: format version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format version {meta.get('version')} is newer than this "
                               f"netshrink-core understands ({FORMAT_VERSION}); upgrade it")
     model_state = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items()

@@ -56,7 +56,8 @@ class Stage(ABC):
         return self.apply(model)
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-able record: the kind and the config's fields."""
+        """A JSON-able record: the kind and the config's fields (tuples become lists, so config
+        classes accept lists for tuple fields and convert them in ``__post_init__``)."""
         return {"kind": self.kind, "config": _jsonable(dataclasses.asdict(self.config))}
 
     # Optional training hooks --------------------------------------------------------------
@@ -97,19 +98,33 @@ def stage_from_description(description: dict[str, Any]) -> Stage:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:
+            if err.name not in (module, "netshrink"):
+                raise  # the package is there, but one of its own imports is missing
             dist = _PACKAGE_OF_PREFIX.get(prefix, f"netshrink-{prefix}")
             raise ModuleNotFoundError(
                 f"stage kind {kind!r} needs the package {dist} ({module}), which is not "
                 f"installed: pip install {dist}") from err
     cls = STAGES.get(kind)
-    config = cls.config_class(**description.get("config", {}))
-    return cls(config)
+    fields = description.get("config", {})
+    known = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"stage {kind!r}: unknown config fields {unknown}; "
+                         f"allowed: {sorted(known)}")
+    return cls(cls.config_class(**fields))
+
+
+SPEC_ATTR = "netshrink_spec"
 
 
 def apply_recipe(model: nn.Module, stages: Sequence[Stage]) -> nn.Module:
-    """Apply stages in order."""
+    """Apply stages in order, keeping the model's build record (``netshrink_spec``) on the
+    result even when a stage returns a new module (an fx GraphModule, a wrapper)."""
+    spec = getattr(model, SPEC_ATTR, None)
     for stage in stages:
         model = stage.apply(model)
+        if spec is not None and getattr(model, SPEC_ATTR, None) is None:
+            setattr(model, SPEC_ATTR, spec)
     return model
 
 

@@ -3,12 +3,13 @@ what is allowed. Call them from a frozen dataclass's ``__post_init__``."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 
 def check_choice(field: str, value: Any, allowed: Iterable[Any]) -> None:
-    """Reject ``value`` unless it is one of ``allowed`` (compared with ``==``, type-strict for bool)."""
+    """Reject ``value`` unless it is one of ``allowed`` (``==``, and bool never equals int)."""
     allowed = list(allowed)
     ok = any(value == a and type(value) is type(a) for a in allowed)
     if not ok:
@@ -26,9 +27,10 @@ def check_int(field: str, value: Any, *, min_value: int | None = None,
 
 def check_float(field: str, value: Any, *, min_value: float | None = None,
                 max_value: float | None = None, min_exclusive: bool = False) -> None:
-    """Reject non-numbers, NaN, and values outside the bounds (``min_exclusive`` for ``> min``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{field}={value!r} must be a real number")
+    """Reject non-numbers, NaN, infinities, and values outside the bounds
+    (``min_exclusive`` for ``> min``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{field}={value!r} must be a finite real number")
     if min_exclusive and min_value is not None and value <= min_value:
         raise ValueError(f"{field}={value!r} must be greater than {min_value}")
     _check_bounds(field, value, min_value, max_value)

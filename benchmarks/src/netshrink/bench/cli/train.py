@@ -1,0 +1,209 @@
+"""``bench train``: train one model on one dataset (CPU, CUDA, or DDP under torchrun)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from netshrink.bench.cli.stats import model_kwargs
+from netshrink.bench.data import load_dataset, resolve_data_root
+from netshrink.bench.engine import DistEnv, TrainConfig, Trainer, write_summary
+from netshrink.core import ModelStats
+from netshrink.models import create_model, save_model
+
+
+def train(
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Run folder: checkpoints/, tensorboard/, summary.json, model.safetensors."
+        ),
+    ],
+    model: Annotated[
+        str, typer.Option(help="Model name, e.g. nin, nin_gc, resnet18_cifar, tv:resnet18.")
+    ] = "nin",
+    dataset: Annotated[str, typer.Option(help="cifar10, mnist or synthetic.")] = "cifar10",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data root (torchvision layout); default $NETSHRINK_DATA, "
+            "else ~/.cache/netshrink/data."
+        ),
+    ] = None,
+    download: Annotated[
+        bool, typer.Option(help="Download the dataset (with checksum check) if it is absent.")
+    ] = False,
+    mnist_split: Annotated[
+        str,
+        typer.Option(help="MNIST: official, from-test (split the 10k test set 8000/2000) or auto."),
+    ] = "auto",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 2,
+    batch_size: Annotated[
+        int, typer.Option(help="Global batch size (split across DDP ranks).")
+    ] = 128,
+    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.1,
+    momentum: Annotated[float, typer.Option(help="SGD momentum (Nesterov).")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
+    schedule: Annotated[str, typer.Option(help="cosine, multistep or constant.")] = "cosine",
+    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up length in epochs.")] = 0.0,
+    width: Annotated[float, typer.Option(help="Width multiplier (netshrink's own models).")] = 1.0,
+    block_order: Annotated[
+        str | None, typer.Option(help="nin/nin_gc block order: cbap or bacp.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed (weights, data order, augmentation).")] = 0,
+    amp: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), bf16 or off.")] = "auto",
+    channels_last: Annotated[
+        bool, typer.Option(help="Use the channels_last memory format.")
+    ] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    sync_bn: Annotated[bool, typer.Option(help="SyncBatchNorm under DDP.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")
+    ] = False,
+    log_every: Annotated[int, typer.Option(help="Log the training loss every N steps.")] = 10,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train MODEL on DATASET; print accuracy, GMACs, params and size."""
+    try:
+        config = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            warmup_epochs=warmup_epochs,
+            seed=seed,
+            amp=amp,
+            channels_last=channels_last,
+            compile=compile,
+            sync_bn=sync_bn,
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    env = DistEnv.from_environment(device)
+    try:
+        _train(
+            env,
+            config,
+            out=out,
+            model=model,
+            dataset=dataset,
+            data_dir=data_dir,
+            download=download,
+            mnist_split=mnist_split,
+            width=width,
+            block_order=block_order,
+            resume=resume,
+            log_every=log_every,
+            progress=progress,
+        )
+    finally:
+        env.close()
+
+
+def _train(
+    env: DistEnv,
+    config: TrainConfig,
+    *,
+    out: Path,
+    model: str,
+    dataset: str,
+    data_dir: Path | None,
+    download: bool,
+    mnist_split: str,
+    width: float,
+    block_order: str | None,
+    resume: bool,
+    log_every: int,
+    progress: bool,
+) -> None:
+    started = time.time()
+    root = resolve_data_root(data_dir)
+    if download and env.is_main:  # one rank downloads, the others wait and then read
+        load_dataset(dataset, "train", root, download=True, mnist_split=mnist_split)
+    env.barrier()
+    train_data = load_dataset(dataset, "train", root, mnist_split=mnist_split)
+    test_data = load_dataset(dataset, "test", root, mnist_split=mnist_split)
+    in_channels = int(train_data.images.shape[1])
+    kwargs = model_kwargs(
+        model, width=width, num_classes=train_data.num_classes, in_channels=in_channels
+    )
+    if block_order is not None:
+        kwargs["block_order"] = block_order
+    torch.manual_seed(config.seed)
+    net = create_model(model, **kwargs)
+    meta = {"model": net.netshrink_spec, "dataset": dataset}
+    trainer = Trainer(
+        net,
+        train_data,
+        test_data,
+        config,
+        out,
+        env=env,
+        meta=meta,
+        show_progress=progress,
+        log_every=log_every,
+    )
+    result = trainer.fit(resume=resume)
+    if not env.is_main:
+        return
+    example = test_data.images[:1].float().to(env.device)
+    stats = ModelStats.measure(trainer.model, example)
+    save_model(out / "model.safetensors", trainer.model.cpu())
+    final = result.final
+    summary = {
+        "model": model,
+        "model_kwargs": kwargs,
+        "dataset": dataset,
+        "train_images": len(train_data),
+        "test_images": len(test_data),
+        "config": config.as_dict(),
+        "device": str(env.device),
+        "world_size": env.world_size,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "test_accuracy": final.test_accuracy,
+        "stats": stats.as_dict(),
+        "gmacs": stats.gmacs,
+        "mparams": stats.mparams,
+        "history": [vars(r) for r in result.history],
+        "images_per_second": final.images_per_second,
+        "outside_model_fraction": final.outside_model_fraction,
+        "wall_seconds": time.time() - started,
+    }
+    write_summary(out / "summary.json", summary)
+    table = Table(
+        title=f"{model} on {dataset} ({len(train_data)} train / {len(test_data)} "
+        f"test images, {config.epochs} epochs, {env.device}, "
+        f"{env.world_size} process{'es' if env.world_size > 1 else ''})"
+    )
+    for col in (
+        "test acc (%)",
+        "GMACs",
+        "params (M)",
+        "size (MB)",
+        "images/s",
+        "outside model (%)",
+    ):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{100 * final.test_accuracy:.2f}",
+        f"{stats.gmacs:.4f}",
+        f"{stats.mparams:.3f}",
+        f"{stats.float_bytes / 1e6:.3f}",
+        f"{final.images_per_second:.0f}",
+        f"{100 * final.outside_model_fraction:.2f}",
+    )
+    Console().print(table)
+    print(f"wrote {out / 'summary.json'} and {out / 'model.safetensors'}")

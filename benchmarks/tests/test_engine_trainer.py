@@ -1,0 +1,133 @@
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from netshrink.bench.data import synthetic
+from netshrink.bench.engine import ConfigMismatchError, TrainConfig, Trainer
+from netshrink.bench.engine.checkpoints import list_checkpoints
+from netshrink.core import Stage, load_checkpoint
+
+from ._tb import read_scalars
+
+TRAIN = synthetic("train", 160, num_classes=4, size=16)
+TEST = synthetic("test", 64, num_classes=4, size=16)
+
+
+def _trainer(run_dir: Path, config: TrainConfig, **kwargs) -> Trainer:
+    from netshrink.models import create_model
+
+    torch.manual_seed(config.seed)
+    model = create_model("nin", width=0.1, num_classes=4)
+    return Trainer(model, TRAIN, TEST, config, run_dir, show_progress=False,
+                   meta={"model": model.netshrink_spec}, **kwargs)
+
+
+CONFIG = TrainConfig(epochs=3, batch_size=32, lr=0.05, seed=1, keep_checkpoints=2)
+
+
+def test_training_learns_and_writes_checkpoints(tmp_path: Path):
+    result = _trainer(tmp_path, CONFIG).fit()
+    assert [r.epoch for r in result.history] == [1, 2, 3]
+    assert result.history[-1].step == 3 * (160 // 32)
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.final.test_accuracy > 0.5  # 4 classes: chance is 0.25
+    assert [e for e, _ in list_checkpoints(tmp_path)] == [2, 3]  # keep_checkpoints=2
+    ckpt = load_checkpoint(result.last_checkpoint)
+    assert ckpt.meta["train"]["epochs_done"] == 3
+    assert ckpt.meta["model"]["name"] == "nin"
+
+
+def test_resume_equals_uninterrupted_training(tmp_path: Path):
+    whole = _trainer(tmp_path / "whole", CONFIG)
+    whole.fit()
+    part = _trainer(tmp_path / "part", CONFIG)
+    part.fit(stop_after=1)
+    resumed = _trainer(tmp_path / "part", CONFIG)
+    result = resumed.fit(resume=True)
+    assert [r.epoch for r in result.history] == [1, 2, 3]
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert result.final.test_accuracy == pytest.approx(whole.history[-1].test_accuracy)
+    # the resumed TensorBoard log has each step once, as the uninterrupted one
+    steps = [s for s, _ in read_scalars(tmp_path / "part" / "tensorboard")["train/loss"]]
+    assert steps == sorted(set(steps)) == [s for s, _ in read_scalars(
+        tmp_path / "whole" / "tensorboard")["train/loss"]]
+
+
+def test_resume_refuses_other_settings_and_fresh_run_refuses_to_overwrite(tmp_path: Path):
+    _trainer(tmp_path, CONFIG).fit(stop_after=1)
+    other = dataclasses.replace(CONFIG, lr=0.2)
+    with pytest.raises(ConfigMismatchError, match="lr: saved 0.05, now 0.2"):
+        _trainer(tmp_path, other).fit(resume=True)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        _trainer(tmp_path, CONFIG).fit()
+
+
+def test_tensorboard_has_the_expected_scalars(tmp_path: Path):
+    _trainer(tmp_path, dataclasses.replace(CONFIG, epochs=2), log_every=2).fit()
+    scalars = read_scalars(tmp_path / "tensorboard")
+    for tag in ("train/loss", "train/lr", "test/accuracy", "test/loss",
+                "perf/images_per_second", "perf/outside_model_fraction"):
+        assert tag in scalars, tag
+    assert [s for s, _ in scalars["train/loss"]] == [2, 4, 6, 8, 10]
+    assert [s for s, _ in scalars["test/accuracy"]] == [5, 10]
+    lrs = [v for _, v in scalars["train/lr"]]
+    assert lrs[0] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi / 10)))  # step 1 of 10
+    assert all(0 <= v <= 1 for _, v in scalars["test/accuracy"])
+
+
+@dataclass(frozen=True)
+class _L1Config:
+    coefficient: float = 1.0
+
+
+class _L1OnBN(Stage):
+    """A test stage: L1 on BN scales, counting its hook calls."""
+
+    config_class = _L1Config
+    kind = "core.test_l1"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.steps: list[int] = []
+        self.epochs: list[int] = []
+
+    def apply(self, model):
+        return model
+
+    def extra_loss(self, model):
+        return self.config.coefficient * sum(m.weight.abs().sum() for m in model.modules()
+                                             if isinstance(m, nn.BatchNorm2d))
+
+    def after_step(self, model, step, total_steps):
+        self.steps.append(step)
+
+    def after_epoch(self, model, epoch, epochs):
+        self.epochs.append(epoch)
+
+
+def test_stage_hooks_are_called_and_extra_loss_acts(tmp_path: Path):
+    config = dataclasses.replace(CONFIG, epochs=2, weight_decay=0.0)
+    stage = _L1OnBN(_L1Config(0.5))
+    penalised = _trainer(tmp_path / "l1", config, stages=[stage])
+    penalised.fit()
+    assert stage.steps == list(range(10)) and stage.epochs == [0, 1]
+    plain = _trainer(tmp_path / "plain", config)
+    plain.fit()
+
+    def gamma_l1(t: Trainer) -> float:
+        return sum(m.weight.abs().sum().item() for m in t.model.modules()
+                   if isinstance(m, nn.BatchNorm2d))
+
+    assert gamma_l1(penalised) < 0.9 * gamma_l1(plain)
+
+
+def test_batch_larger_than_dataset_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ValueError, match="160 samples, fewer than one global batch of 512"):
+        _trainer(tmp_path, dataclasses.replace(CONFIG, batch_size=512))

@@ -26,3 +26,8 @@ reproduce: install
 
 clean:
 	rm -rf $(VENV) runs results .pytest_cache
+
+# Micro-benchmarks (pytest-benchmark): timings, not tests; not part of `make test`.
+bench-micro: install
+	$(PY) -m pytest benchmarks/micro --benchmark-only -s -p no:cacheprovider
+.PHONY: bench-micro

@@ -6,7 +6,7 @@
 # --venv DIR      create (if needed) and install into this virtual environment (default: .venv)
 # --no-venv       install into the python on PATH (inside a Docker image's own environment)
 # --only LIST     install only these packages (names under packages/, or "bench"); default all
-# --dev           also install the test tools (pytest, pytest-benchmark)
+# --dev           also install the test tools (pytest, pytest-benchmark, ruff)
 # --no-editable   install copies instead of editable checkouts (images, release checks)
 # Versions come from constraints.txt; the packages themselves only state ranges.
 set -euo pipefail
@@ -60,7 +60,7 @@ for name in $only; do
   fi
   if [ "$editable" = 1 ]; then args+=(-e "$dir"); else args+=("$dir"); fi
 done
-[ "$dev" = 1 ] && args+=(pytest pytest-benchmark)
+[ "$dev" = 1 ] && args+=(pytest pytest-benchmark ruff)
 
 export PIP_CONSTRAINT="$root/constraints.txt"   # also pins the build backends pip fetches
 "$py" -m pip install --quiet --disable-pip-version-check "${args[@]}"

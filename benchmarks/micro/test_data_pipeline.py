@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from netshrink.bench.data import DeviceLoader, ImageData, load_dataset
+from netshrink.bench.data import ImageData, load_dataset
 from netshrink.bench.engine import TrainConfig, Trainer
 from netshrink.models import create_model
 

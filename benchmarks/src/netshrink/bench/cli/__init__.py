@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from netshrink.bench.cli import stats as _stats
@@ -15,9 +17,17 @@ app = typer.Typer(
 )
 app.command("train")(_train.train)
 app.command("stats")(_stats.stats)
+app.command("models")(_stats.models)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    import sys
+
+    print(f"warning: {message}", file=file or sys.stderr)
 
 
 def main() -> None:
+    warnings.showwarning = _one_line_warning  # users read the message, not our source lines
     app()
 
 

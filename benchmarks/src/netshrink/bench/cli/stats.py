@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from netshrink.core import ModelStats
-from netshrink.models import create_model
+from netshrink.models import create_model, list_models
 
 
 def stats(
@@ -67,3 +67,13 @@ def model_kwargs(model: str, *, width: float, num_classes: int, in_channels: int
     if width != 1.0:
         kwargs["width"] = width
     return kwargs
+
+
+def models(
+    torchvision: Annotated[
+        bool, typer.Option(help="Also list the torchvision classifiers (tv:<name>).")
+    ] = False,
+) -> None:
+    """List the model names that --model accepts."""
+    for name in list_models(torchvision=torchvision):
+        print(name)

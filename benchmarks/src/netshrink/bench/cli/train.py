@@ -166,6 +166,7 @@ def _train(
         "model": model,
         "model_kwargs": kwargs,
         "dataset": dataset,
+        "mnist_split": mnist_split if dataset == "mnist" else None,
         "train_images": len(train_data),
         "test_images": len(test_data),
         "config": config.as_dict(),

@@ -8,8 +8,10 @@ from netshrink.core.checkpoint import (
     restore_optimizer_state,
     save_checkpoint,
 )
+from netshrink.core.protocols import INPUT_SIGN_ATTR, FoldsAffine, applies_sign_to_input
 from netshrink.core.registry import Registry
 from netshrink.core.stage import (
+    SPEC_ATTR,
     STAGES,
     Stage,
     apply_recipe,
@@ -17,11 +19,19 @@ from netshrink.core.stage import (
     register_stage,
     stage_from_description,
 )
-from netshrink.core.stats import ModelStats, count_macs, count_params, state_bytes
+from netshrink.core.stats import (
+    PACKED_BITS_ATTR,
+    ModelStats,
+    count_macs,
+    count_params,
+    state_bytes,
+)
 from netshrink.core.validation import check_choice, check_float, check_int
 
 __all__ = [
-    "STAGES", "Checkpoint", "CheckpointError", "ModelStats", "Registry", "Stage", "apply_recipe",
+    "INPUT_SIGN_ATTR", "PACKED_BITS_ATTR", "FoldsAffine", "applies_sign_to_input",
+    "SPEC_ATTR", "STAGES", "Checkpoint", "CheckpointError", "ModelStats", "Registry", "Stage",
+    "apply_recipe",
     "check_choice", "check_float", "check_int", "count_macs", "count_params", "describe_recipe",
     "flatten_optimizer_state", "load_checkpoint", "register_stage", "restore_optimizer_state",
     "save_checkpoint", "stage_from_description", "state_bytes",

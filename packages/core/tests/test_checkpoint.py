@@ -112,3 +112,12 @@ def test_metadata_cannot_overwrite_the_format_record(tmp_path: Path):
     ckpt = load_checkpoint(path)
     assert (ckpt.meta["format"], ckpt.meta["version"], ckpt.meta["x"]) == (
         "netshrink-checkpoint", 1, 1)
+
+
+def test_checkpoint_gets_ordinary_file_permissions(tmp_path: Path):
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.safetensors", {"w": torch.ones(1)})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -61,6 +61,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module | dict[str, t
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -68,6 +69,12 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module | dict[str, t
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> None:

@@ -131,3 +131,14 @@ def test_stage_hooks_are_called_and_extra_loss_acts(tmp_path: Path):
 def test_batch_larger_than_dataset_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ValueError, match="160 samples, fewer than one global batch of 512"):
         _trainer(tmp_path, dataclasses.replace(CONFIG, batch_size=512))
+
+
+def test_channels_last_trains_to_the_same_weights(tmp_path: Path):
+    config = dataclasses.replace(CONFIG, epochs=1)
+    plain = _trainer(tmp_path / "plain", config)
+    plain.fit()
+    cl = _trainer(tmp_path / "cl", dataclasses.replace(config, channels_last=True))
+    cl.fit()
+    assert cl.model.features.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    for name, value in plain.model.state_dict().items():
+        torch.testing.assert_close(cl.model.state_dict()[name], value, rtol=1e-4, atol=1e-5)

@@ -7,6 +7,7 @@ import warnings
 import typer
 
 from netshrink.bench.cli import stats as _stats
+from netshrink.bench.cli import tables as _tables
 from netshrink.bench.cli import train as _train
 
 app = typer.Typer(
@@ -18,6 +19,9 @@ app = typer.Typer(
 app.command("train")(_train.train)
 app.command("stats")(_stats.stats)
 app.command("models")(_stats.models)
+app.command("reproduce")(_tables.reproduce)
+app.command("report")(_tables.report)
+app.command("check")(_tables.check)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -9,8 +9,9 @@ from netshrink.bench.engine.trainer import (
     EpochRecord,
     Trainer,
     TrainResult,
+    evaluate,
     write_summary,
 )
 
 __all__ = ["ConfigMismatchError", "DistEnv", "EpochRecord", "TrainConfig", "TrainResult",
-           "Trainer", "checkpoint_path", "latest_checkpoint", "lr_at", "write_summary"]
+           "Trainer", "checkpoint_path", "evaluate", "latest_checkpoint", "lr_at", "write_summary"]

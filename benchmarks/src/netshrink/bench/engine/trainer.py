@@ -154,22 +154,9 @@ class Trainer:
         return TrainResult(history=list(self.history), run_dir=self.run_dir,
                            last_checkpoint=last)
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """(mean loss, accuracy) on the test split, summed over all ranks."""
-        self.model.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.env.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.env.device)
-        count = 0
-        for x, y in self.test_loader:
-            with self.autocast:
-                logits = self.model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-            correct += (logits.argmax(1) == y).sum()
-            count += y.numel()
-        loss_total, correct_total, n = self.env.all_reduce_sum(
-            [loss_sum.item(), float(correct.item()), float(count)])
-        return loss_total / max(n, 1), correct_total / max(n, 1)
+        return evaluate(self.model, self.test_loader, self.env, self.autocast)
 
     # -- one epoch ---------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> EpochRecord:
@@ -310,6 +297,29 @@ class Trainer:
         self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
                                      purge_step=self.step if self.step else None)
         return self._writer
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DeviceLoader, env: DistEnv | None = None,
+             autocast: contextlib.AbstractContextManager | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) of ``model`` in eval mode over ``loader``, summed
+    over all DDP ranks (each rank evaluates its own shard)."""
+    env = env or DistEnv()
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+    correct = torch.zeros((), dtype=torch.int64, device=env.device)
+    count = 0
+    for x, y in loader:
+        with autocast or contextlib.nullcontext():
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+        count += y.numel()
+    model.train(was_training)
+    loss_total, correct_total, n = env.all_reduce_sum(
+        [loss_sum.item(), float(correct.item()), float(count)])
+    return loss_total / max(n, 1), correct_total / max(n, 1)
 
 
 def _unwrap_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,18 @@
+"""Results tables: specs (rows as data), the runner with caching, report and regression check."""
+
+from netshrink.bench.tables import micronet as _micronet  # noqa: F401  (registers the table)
+from netshrink.bench.tables import smoke as _smoke  # noqa: F401
+from netshrink.bench.tables.profiles import PROFILE_SETTINGS, Profile
+from netshrink.bench.tables.spec import (
+    NO_TRAINING,
+    PROFILES,
+    TABLES,
+    Row,
+    Schedule,
+    Table,
+    list_tables,
+    register_table,
+)
+
+__all__ = ["NO_TRAINING", "PROFILES", "PROFILE_SETTINGS", "TABLES", "Profile", "Row",
+           "Schedule", "Table", "list_tables", "register_table"]

@@ -1,0 +1,22 @@
+"""Profiles: the same table at three sizes. ``full`` is the published schedule (a GPU and the
+full dataset), ``quick`` fits ``--table all`` in about 30 minutes on a 2-core CPU (reduced width
+and epochs; `make reproduce`), ``smoke`` is CI's few-minute check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    width: float  # multiplies the width of netshrink's own models
+    train_limit: int | None = None  # use only the first N training images
+    test_limit: int | None = None
+
+
+PROFILE_SETTINGS = {
+    "full": Profile("full", width=1.0),
+    "quick": Profile("quick", width=0.5),
+    "smoke": Profile("smoke", width=0.25, train_limit=2048, test_limit=512),
+}

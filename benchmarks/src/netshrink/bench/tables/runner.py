@@ -1,0 +1,218 @@
+"""Run a results table: build, train and measure each row, with caching and resume.
+
+Each row's result is cached under ``results/<table>/<row>.json`` together with the hash of
+everything that decides it (its spec under the profile, its upstream's hash, the dataset and
+the device type); a row whose hash matches is skipped. Training goes through the normal
+Trainer in ``runs/<table>/<row>/`` with ``resume=True``, so an interrupted row continues from
+its last epoch. Under torchrun every rank runs the loop (training is DDP); rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netshrink.bench.data import DeviceLoader, ImageData, load_dataset
+from netshrink.bench.engine import DistEnv, TrainConfig, Trainer, evaluate, write_summary
+from netshrink.bench.tables.measure import measure_latency, packed_size
+from netshrink.bench.tables.profiles import Profile
+from netshrink.bench.tables.spec import Row, Table
+from netshrink.core import ModelStats, load_checkpoint, stage_from_description
+from netshrink.models import create_model, load_model, save_model
+
+FINAL = "final.safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    table: Table
+    profile: Profile
+    env: DistEnv
+    results_dir: Path
+    runs_dir: Path
+    train_data: ImageData
+    test_data: ImageData
+    show_progress: bool = True
+    seed: int = 0
+
+    def result_path(self, row: Row) -> Path:
+        return self.results_dir / self.table.name / f"{row.name}.json"
+
+    def run_dir(self, row: Row) -> Path:
+        return self.runs_dir / self.table.name / row.name
+
+
+def load_table_data(table: Table, profile: Profile, data_dir: Path,
+                    download: bool = False) -> tuple[ImageData, ImageData]:
+    train = load_dataset(table.dataset, "train", data_dir, download=download)
+    test = load_dataset(table.dataset, "test", data_dir)
+    return _limit(train, profile.train_limit), _limit(test, profile.test_limit)
+
+
+def _limit(data: ImageData, n: int | None) -> ImageData:
+    if n is None or n >= len(data):
+        return data
+    return dataclasses.replace(data, images=data.images[:n], labels=data.labels[:n])
+
+
+def row_hash(row: Row, ctx: RunContext, upstream_hash: str | None) -> str:
+    record = {"row": row.record(ctx.profile.name), "profile": dataclasses.asdict(ctx.profile),
+              "upstream": upstream_hash, "dataset": ctx.table.dataset,
+              "train_images": len(ctx.train_data), "test_images": len(ctx.test_data),
+              "device": ctx.env.device.type, "world_size": ctx.env.world_size,
+              "seed": ctx.seed}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_table(ctx: RunContext, rows: list[Row], *,
+              on_row: Callable[[Row, str], None] | None = None) -> list[dict[str, Any]]:
+    """Run ``rows`` (with their upstream rows already included, in order); return results."""
+    hashes: dict[str, str] = {}
+    results = []
+    for row in rows:
+        upstream_hash = hashes.get(row.upstream) if row.upstream else None
+        h = row_hash(row, ctx, upstream_hash)
+        hashes[row.name] = h
+        cached = _cached(ctx, row, h)
+        if cached is not None:
+            if on_row:
+                on_row(row, "cached")
+            results.append(cached)
+            continue
+        if on_row:
+            on_row(row, "running")
+        result = _run_row(ctx, row, h)
+        ctx.env.barrier()
+        results.append(result)
+    return results
+
+
+def _cached(ctx: RunContext, row: Row, h: str) -> dict[str, Any] | None:
+    path = ctx.result_path(row)
+    if not path.is_file() or not (ctx.run_dir(row) / FINAL).is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return result if result.get("spec_hash") == h else None
+
+
+def _run_row(ctx: RunContext, row: Row, h: str) -> dict[str, Any]:
+    started = time.time()
+    env = ctx.env
+    run_dir = ctx.run_dir(row)
+    _claim_run_dir(run_dir, h, env)
+    torch.manual_seed(ctx.seed)
+    model, upstream_recipe = _starting_model(ctx, row)
+    example = ctx.test_data.images[:1].float()
+    stages = []
+    for record in row.stages:
+        stage = stage_from_description(record)
+        _give_context(stage, example, ctx)
+        model = stage.apply(model)
+        stages.append(stage)
+    recipe = upstream_recipe + [s.describe() for s in stages]
+    epochs = row.schedule.epochs[ctx.profile.name]
+    history: list[dict[str, Any]] = []
+    meta = {"model": model.netshrink_spec, "recipe": recipe}
+    if epochs > 0:
+        config = TrainConfig(epochs=epochs, batch_size=row.schedule.batch_size,
+                             optimizer=row.schedule.optimizer, lr=row.schedule.lr,
+                             weight_decay=row.schedule.weight_decay,
+                             schedule=row.schedule.schedule, seed=ctx.seed)
+        trainer = Trainer(model, ctx.train_data, ctx.test_data, config, run_dir, env=env,
+                          stages=stages, meta=meta, show_progress=ctx.show_progress)
+        result = trainer.fit(resume=True)
+        model = trainer.model
+        history = [dataclasses.asdict(r) for r in result.history]
+        recipe = upstream_recipe + [s.describe() for s in stages]  # stages may record more
+    model = model.to(env.device).eval()
+    loader = DeviceLoader(ctx.test_data, 256, device=env.device, train=False, rank=env.rank,
+                          world_size=env.world_size)
+    test_loss, accuracy = evaluate(model, loader, env)
+    if not env.is_main:
+        return {}
+    model = model.cpu()
+    save_model(run_dir / FINAL, model, recipe=recipe)
+    stats = ModelStats.measure(model, example)
+    size_bytes, size_file = packed_size(model, run_dir)
+    metrics: dict[str, Any] = {
+        "accuracy": accuracy, "test_loss": test_loss, "params": stats.params,
+        "macs": stats.macs, "gmacs": stats.gmacs, "float_bytes": stats.float_bytes,
+        "packed_bytes": stats.packed_bytes, "size_bytes": size_bytes, "size_file": size_file,
+    }
+    if row.latency:
+        metrics["latency_ms"] = measure_latency(model, tuple(example.shape[1:]))
+    result = {
+        "table": ctx.table.name, "row": row.name, "label": row.label,
+        "profile": ctx.profile.name, "spec_hash": h, "spec": row.record(ctx.profile.name),
+        "recipe": recipe, "metrics": metrics, "history": history,
+        "dataset": {"name": ctx.table.dataset, "train_images": len(ctx.train_data),
+                    "test_images": len(ctx.test_data)},
+        "device": str(env.device), "world_size": env.world_size, "seed": ctx.seed,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "git_commit": _git_commit(), "date": datetime.now(timezone.utc).isoformat(),
+        "wall_seconds": time.time() - started,
+    }
+    path = ctx.result_path(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_summary(path, result)
+    return result
+
+
+def _starting_model(ctx: RunContext, row: Row) -> tuple[nn.Module, list[dict[str, Any]]]:
+    if row.upstream is not None:
+        path = ctx.runs_dir / ctx.table.name / row.upstream / FINAL
+        recipe = list(load_checkpoint(path).meta.get("recipe", []))
+        return load_model(path).train(), recipe
+    kwargs = dict(row.model_kwargs)
+    if not row.model.startswith("tv:"):
+        kwargs["width"] = kwargs.get("width", 1.0) * ctx.profile.width
+    kwargs.setdefault("num_classes", ctx.train_data.num_classes)
+    return create_model(row.model, **kwargs), []
+
+
+def _give_context(stage: Any, example: torch.Tensor, ctx: RunContext) -> None:
+    """Stages that need an example input or calibration batches take them through
+    ``set_context(example_input, batches)``; others ignore it."""
+    hook = getattr(stage, "set_context", None)
+    if hook is None:
+        return
+    loader = DeviceLoader(ctx.train_data, 128, device="cpu", train=False)
+    batches = [batch for _, batch in zip(range(4), loader, strict=False)]
+    hook(example, batches)
+
+
+def _claim_run_dir(run_dir: Path, h: str, env: DistEnv) -> None:
+    """A run folder belongs to one spec hash; a changed spec starts the folder afresh."""
+    marker = run_dir / "spec_hash"
+    if env.is_main:
+        if run_dir.exists() and (not marker.is_file() or marker.read_text().strip() != h):
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(h + "\n")
+    env.barrier()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, cwd=Path(__file__).parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None

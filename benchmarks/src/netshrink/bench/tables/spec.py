@@ -1,0 +1,121 @@
+"""Results tables as data: a row is a model + a recipe of stages + a training schedule.
+
+Stages are given by their core record (``{"kind": ..., "config": {...}}``), so a table names
+quant, prune and bnfuse steps without importing those packages; the runner turns each record
+into a Stage with ``netshrink.core.stage_from_description``. A row may start from another row's
+final model (``upstream``): sparse training -> prune -> fine-tune -> quantize is a chain of rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from netshrink.core import Registry, check_choice, check_float, check_int
+
+PROFILES = ("full", "quick", "smoke")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Training schedule per profile. ``epochs[profile] == 0`` means: no training."""
+
+    epochs: dict[str, int]
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        for profile in PROFILES:
+            if profile not in self.epochs:
+                raise ValueError(f"epochs has no entry for profile {profile!r}; "
+                                 f"give one for each of {PROFILES}")
+            check_int(f"epochs[{profile!r}]", self.epochs[profile], min_value=0)
+        check_float("lr", self.lr, min_value=0.0, min_exclusive=True)
+        check_int("batch_size", self.batch_size, min_value=1)
+
+
+NO_TRAINING = Schedule(epochs={p: 0 for p in PROFILES})
+
+
+@dataclass(frozen=True)
+class Row:
+    """One results-table row."""
+
+    name: str
+    label: str  # what the README shows
+    model: str = "nin"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    stages: tuple[dict[str, Any], ...] = ()
+    schedule: Schedule = NO_TRAINING
+    upstream: str | None = None
+    latency: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        for stage in self.stages:
+            if not isinstance(stage, dict) or "kind" not in stage:
+                raise ValueError(f"row {self.name!r}: stage {stage!r} must be a dict with 'kind'")
+        if self.upstream is None and not self.model:
+            raise ValueError(f"row {self.name!r} needs a model or an upstream row")
+
+    def record(self, profile: str) -> dict[str, Any]:
+        """What decides this row's result under ``profile`` (hashed for the cache)."""
+        check_choice("profile", profile, PROFILES)
+        d = dataclasses.asdict(self)
+        d["schedule"] = {**dataclasses.asdict(self.schedule),
+                         "epochs": self.schedule.epochs[profile]}
+        d.pop("label")
+        return d
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    rows: tuple[Row, ...]
+    baseline: str  # the float row that accuracy loss and compression compare against
+    dataset: str = "cifar10"
+    ci_only: bool = False  # not part of --table all (the smoke table)
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.rows]
+        if len(set(names)) != len(names):
+            raise ValueError(f"table {self.name!r} has duplicate row names")
+        if self.baseline not in names:
+            raise ValueError(f"table {self.name!r}: baseline {self.baseline!r} is not a row")
+        for i, row in enumerate(self.rows):
+            if row.upstream is not None and row.upstream not in names[:i]:
+                raise ValueError(f"table {self.name!r}: row {row.name!r} has upstream "
+                                 f"{row.upstream!r}, which must be an earlier row")
+
+    def row(self, name: str) -> Row:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise ValueError(f"table {self.name!r} has no row {name!r}; rows: "
+                         f"{', '.join(r.name for r in self.rows)}")
+
+    def closure(self, names: list[str]) -> list[Row]:
+        """The named rows and every row they depend on, in table order."""
+        wanted: set[str] = set()
+        for name in names:
+            row = self.row(name)
+            while row is not None:
+                wanted.add(row.name)
+                row = self.row(row.upstream) if row.upstream else None
+        return [r for r in self.rows if r.name in wanted]
+
+
+TABLES: Registry[Table] = Registry("table")
+
+
+def register_table(table: Table) -> Table:
+    return TABLES.register(table.name)(table)
+
+
+def list_tables() -> list[str]:
+    return TABLES.names()

@@ -53,3 +53,17 @@ def test_bad_option_values_are_named(tmp_path: Path):
     result = runner.invoke(app, ["stats", "--model", "tv:resnet18", "--width", "0.5"])
     assert result.exit_code == 2 and "--width 0.5 applies to netshrink's own models" in \
         result.output
+
+
+def test_fuse_check_reports_folds_and_agreement(tmp_path: Path):
+    args = ["train", "--model", "nin", "--width", "0.1", "--dataset", "synthetic", "--epochs",
+            "1", "--batch-size", "256", "--device", "cpu", "--no-progress", "--out",
+            str(tmp_path)]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["fuse-check", str(tmp_path / "model.safetensors"), "--dataset",
+                                 "synthetic", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["compare"]["top1_agreement"] == 1.0
+    assert record["compare"]["max_rel_diff"] < 1e-5
+    assert len(record["fuse"]["folded"]) == 9 and record["fuse"]["left"] == []

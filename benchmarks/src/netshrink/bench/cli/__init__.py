@@ -6,6 +6,7 @@ import warnings
 
 import typer
 
+from netshrink.bench.cli import fuse as _fuse
 from netshrink.bench.cli import stats as _stats
 from netshrink.bench.cli import tables as _tables
 from netshrink.bench.cli import train as _train
@@ -22,6 +23,7 @@ app.command("models")(_stats.models)
 app.command("reproduce")(_tables.reproduce)
 app.command("report")(_tables.report)
 app.command("check")(_tables.check)
+app.command("fuse-check")(_fuse.fuse_check)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

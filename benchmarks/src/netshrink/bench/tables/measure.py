@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 
 def packed_size(model: nn.Module, run_dir: Path) -> tuple[int, str]:
@@ -38,6 +37,8 @@ def measure_latency(model: nn.Module, image_shape: tuple[int, ...],
                     batch_sizes: tuple[int, ...] = (1, 64), min_run_time: float = 1.0
                     ) -> dict[str, float]:
     """Median CPU forward latency in milliseconds per batch size (torch.utils.benchmark)."""
+    from torch.utils import benchmark  # imported here: it loads the C++ extension machinery
+
     net = copy.deepcopy(model).cpu().eval()
     out = {}
     for b in batch_sizes:

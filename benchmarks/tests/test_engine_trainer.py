@@ -111,6 +111,10 @@ class _L1OnBN(Stage):
     def after_epoch(self, model, epoch, epochs):
         self.epochs.append(epoch)
 
+    def histograms(self, model):
+        return {"test/abs_gamma": torch.cat([m.weight.abs().flatten() for m in model.modules()
+                                             if isinstance(m, nn.BatchNorm2d)])}
+
 
 def test_stage_hooks_are_called_and_extra_loss_acts(tmp_path: Path):
     config = dataclasses.replace(CONFIG, epochs=2, weight_decay=0.0)
@@ -118,6 +122,15 @@ def test_stage_hooks_are_called_and_extra_loss_acts(tmp_path: Path):
     penalised = _trainer(tmp_path / "l1", config, stages=[stage])
     penalised.fit()
     assert stage.steps == list(range(10)) and stage.epochs == [0, 1]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "l1" / "tensorboard"), size_guidance={"histograms": 0})
+    acc.Reload()
+    hist = acc.Histograms("test/abs_gamma")
+    assert [h.step for h in hist] == [5, 10]
+    n_gammas = sum(m.weight.numel() for m in penalised.model.modules()
+                   if isinstance(m, nn.BatchNorm2d))
+    assert hist[-1].histogram_value.num == n_gammas
     plain = _trainer(tmp_path / "plain", config)
     plain.fit()
 

@@ -147,6 +147,10 @@ class Trainer:
                 self.history.append(record)
                 if writer is not None:
                     _log_epoch(writer, record)
+                    for stage in self.stages:
+                        for tag, values in stage.histograms(self.model).items():
+                            writer.add_histogram(tag, values.detach().float().cpu(),
+                                                 record.step)
                 last = self._save(epoch + 1)
         finally:
             if writer is not None:

@@ -71,6 +71,11 @@ class Stage(ABC):
     def after_epoch(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """Called after every training epoch (e.g. soft filter pruning)."""
 
+    def histograms(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Tensors the trainer logs as TensorBoard histograms every epoch (tag -> values),
+        e.g. the |gamma| of every BN under a slimming penalty."""
+        return {}
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):

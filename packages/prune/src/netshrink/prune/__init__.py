@@ -1,0 +1,69 @@
+"""netshrink.prune: structured channel pruning on any fx-traceable model, and sparsity.
+
+* ``prune_channels(model, example_input, ChannelPruneConfig(...), data=None)``: a physically
+  smaller model (``channel_prune``), with the channel dependencies read from the fx graph
+  (``graph``: residual adds, concat, chunk, depthwise and grouped convs, channel shuffles,
+  SE multiplies, flatten into a linear head) and the channels cut by ``surgery``;
+* criteria (``criteria``, ``list_criteria()``): bn_gamma, l1, l2, fpgm, taylor, apoz,
+  mean_activation, random;
+* stages: ``prune.slimming`` (L1 on BatchNorm scales), ``prune.channels`` (hard or soft filter
+  pruning, rebuildable from checkpoints), ``prune.magnitude`` (unstructured, one shot or AGP);
+* ``magnitude_prune(model, amount)``: masks that stay applied and count as sparse storage.
+"""
+
+from netshrink.prune.channel_prune import (
+    MODES,
+    SCOPES,
+    ChannelPruneConfig,
+    ChannelPruneStage,
+    ChannelPruneStageConfig,
+    ignored_classes,
+    plan_channels,
+    prune_channels,
+    zero_filters,
+)
+from netshrink.prune.criteria import (
+    CRITERIA,
+    CriterionContext,
+    apoz_scores,
+    bn_gamma_scores,
+    fpgm_scores,
+    l1_scores,
+    l2_scores,
+    list_criteria,
+    mean_activation_scores,
+    random_scores,
+    register_criterion,
+    score_classes,
+    taylor_scores,
+)
+from netshrink.prune.graph import DependencyGraph, PruningGroup
+from netshrink.prune.magnitude import (
+    MagnitudePruneConfig,
+    MagnitudePruneStage,
+    SparsePack,
+    agp_sparsity,
+    apply_masks,
+    magnitude_prune,
+    pack_sparse,
+    unpack_sparse,
+    weight_sparsity,
+)
+from netshrink.prune.planning import ChannelPlan, ModulePlan
+from netshrink.prune.slimming import SlimmingConfig, SlimmingStage, slimming_penalty
+from netshrink.prune.surgery import apply_plan, apply_structure, channel_structure
+from netshrink.prune.tracing import UntraceableModelError, trace
+
+__all__ = [
+    "CRITERIA", "MODES", "SCOPES",
+    "ChannelPlan", "ChannelPruneConfig", "ChannelPruneStage", "ChannelPruneStageConfig",
+    "CriterionContext", "DependencyGraph", "MagnitudePruneConfig", "MagnitudePruneStage",
+    "ModulePlan", "PruningGroup", "SlimmingConfig", "SlimmingStage", "SparsePack",
+    "UntraceableModelError",
+    "agp_sparsity", "apoz_scores", "apply_masks", "apply_plan", "apply_structure",
+    "bn_gamma_scores", "channel_structure", "fpgm_scores", "ignored_classes", "l1_scores",
+    "l2_scores", "list_criteria", "magnitude_prune", "mean_activation_scores", "pack_sparse",
+    "plan_channels", "prune_channels", "random_scores", "register_criterion",
+    "score_classes", "slimming_penalty", "taylor_scores", "trace", "unpack_sparse",
+    "weight_sparsity", "zero_filters",
+]

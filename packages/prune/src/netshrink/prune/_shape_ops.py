@@ -1,0 +1,213 @@
+"""How ops that move, split or reduce elements move channel labels.
+
+``ShapeOps`` is a mixin of ``propagation.LabelPropagator``. Each handler runs the op on the
+label tensor itself where it can. It calls ``self.pin`` where pruning could not follow the op (a
+literal size on a channel dimension, a reduction across channels, indexing part of the
+channels) and ``self.partition`` where blocks of channels must keep equal counts (chunk, a
+channel dimension split in two by a reshape, as in a channel shuffle).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.fx.node import Node
+
+from netshrink.prune import _labels as L
+
+
+class ShapeOps:
+    """Label handlers for shape ops; the host class provides ``pin``, ``partition``,
+    ``fresh_like``, ``unknown`` and ``elementwise``."""
+
+    def move(self, n: Node, lab: torch.Tensor, args: tuple, kwargs: dict,
+             value: torch.Tensor) -> torch.Tensor:
+        """transpose / permute / squeeze / flatten ...: run the op on the labels."""
+        full = lab.expand(args[0].shape)
+        out = self.run_on_labels(n, full, args, kwargs)
+        return self.check_batch(n, lab, L.compress(out))
+
+    def run_on_labels(self, n: Node, full: torch.Tensor, args: tuple, kwargs: dict) -> Any:
+        rest = args[1:]
+        if n.op == "call_method":
+            return getattr(full, n.target)(*rest, **kwargs)
+        return n.target(full, *rest, **kwargs)
+
+    def check_batch(self, n: Node, lab_in: Any, out: torch.Tensor) -> torch.Tensor:
+        """Labels moved into the batch dimension (a reshape mixing batch and channels): pin."""
+        if out.ndim and out.shape[0] > 1:
+            self.pin(lab_in, out)
+        return out
+
+    def reshape(self, n: Node, lab: torch.Tensor, x: torch.Tensor, value: torch.Tensor,
+                spec: dict[int, Any] | None) -> torch.Tensor:
+        """view / reshape / flatten / unflatten / expand, executed on the labels.
+
+        Pruning changes the size of the channel dimensions, so each one must get its size at
+        run time (``-1`` or a value read from ``x.size()``). When a channel dimension is split
+        in several (a channel shuffle's ``(g, C/g)``), exactly one of them may be sized at run
+        time; the others are fixed, and the fibres along the free one are blocks that must keep
+        equal channel counts. Anything else pins the channels.
+        """
+        full = lab.expand(x.shape)
+        out = full.expand(value.shape) if n.target == "expand" else full.reshape(value.shape)
+        out = L.compress(out)
+        axes = [d for d in range(out.ndim) if out.shape[d] > 1]
+        if 0 in axes:
+            self.pin(lab)
+            return out
+        spec = spec or {}
+        free = [d for d in axes if spec.get(d) is None or spec.get(d) == -1
+                or isinstance(spec.get(d), Node)]
+        if len(free) != 1:
+            if axes:
+                self.pin(lab)
+            return out
+        if len(axes) > 1:
+            f = free[0]
+            others = [d for d in axes if d != f]
+            order = others + [f] + [d for d in range(out.ndim) if d not in axes]
+            rows = out.permute(order).reshape(-1, out.shape[f])
+            self.partition(n, [torch.unique(r) for r in rows],
+                           f"channel split by {L.op_name(n.target)} at {n.name}")
+        return out
+
+    def reduce(self, n: Node, name: str, lab: torch.Tensor, args: tuple, kwargs: dict,
+               value: Any) -> Any:
+        dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if name in L.SHAPE_KEEPING_REDUCTIONS:
+            return self.mix_along(n, lab, args[0], [dims])
+        x = args[0]
+        if dims is None:
+            if L.varying_dims(lab):
+                self.pin(lab)
+            return self.fresh_like(n, value)
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        dims = sorted(d % x.ndim for d in dims)
+        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+        c = L.compress(lab)
+        if any(c.shape[d] > 1 for d in dims):
+            self.pin(lab)
+            return self.fresh_like(n, value)
+        for d in reversed(dims):
+            if not keepdim:
+                c = c.squeeze(d)
+        return L.tree_map(value, lambda t: c) if isinstance(value, tuple) else c
+
+    def mix_along(self, n: Node, lab: torch.Tensor, x: torch.Tensor,
+                  dims: list[Any]) -> torch.Tensor:
+        """An op mixing values along ``dims`` (softmax): fine unless a channel dim mixes."""
+        c = L.compress(lab)
+        for d in dims:
+            if d is None or c.shape[d % x.ndim] > 1:
+                self.pin(lab)
+        return lab
+
+    def spatial(self, n: Node, lab: torch.Tensor, x: torch.Tensor,
+                value: torch.Tensor) -> torch.Tensor:
+        """Pooling / interpolation: each channel's positions are processed independently."""
+        if not isinstance(x, torch.Tensor) or x.ndim < 2:
+            return self.unknown(n, value)
+        vec = L.channel_vector(lab, x.shape[1], 1)
+        if vec is None:
+            return self.unknown(n, value)
+        return L.along(vec, value.ndim, 1)
+
+    def pad(self, n: Node, lab: torch.Tensor, args: tuple, kwargs: dict,
+            value: torch.Tensor) -> torch.Tensor:
+        pads = kwargs.get("pad", args[1] if len(args) > 1 else ())
+        padded = range(args[0].ndim - len(pads) // 2, args[0].ndim)
+        c = L.compress(lab)
+        if any(c.shape[d] > 1 for d in padded):
+            self.pin(lab)
+            return self.fresh_like(n, value)
+        return c
+
+    def cat(self, n: Node, labs: Any, xs: Any, dim: int, value: torch.Tensor,
+            stack: bool) -> torch.Tensor:
+        if not all(isinstance(lab, torch.Tensor) for lab in labs):
+            return self.unknown(n, value)
+        dim = dim % value.ndim
+        if dim == 0 and not stack:  # along the batch: the same channels side by side
+            return self.elementwise(n, list(labs), value)
+        fulls = [lab.expand(x.shape) for lab, x in zip(labs, xs, strict=True)]
+        out = torch.stack(fulls, dim) if stack else torch.cat(fulls, dim)
+        return self.check_batch(n, list(labs), L.compress(out))
+
+    def split(self, n: Node, lab: torch.Tensor, args: tuple, kwargs: dict, value: Any,
+              chunk: bool) -> Any:
+        """chunk / split along a channel dim: pieces must keep equal counts; literal split
+        sizes cannot follow pruning, so they pin the channels."""
+        x = args[0]
+        dim = dim_arg(args, kwargs, 2, 0) % x.ndim
+        full = lab.expand(x.shape)
+        pieces = self.run_on_labels(n, full, args, kwargs)
+        out = tuple(L.compress(p) for p in pieces)
+        if L.compress(lab).shape[dim] == 1:
+            return out
+        size_arg = args[1] if len(args) > 1 else kwargs.get(
+            "chunks", kwargs.get("split_size_or_sections", kwargs.get("split_size")))
+        node_arg = n.args[1] if len(n.args) > 1 else None
+        sizes = {p.shape[dim] for p in pieces}
+        equal = len(sizes) == 1
+        if (chunk and equal) or (not chunk and equal and isinstance(node_arg, Node)
+                                 and isinstance(size_arg, int)):
+            self.partition(n, [torch.unique(p) for p in pieces],
+                           f"{L.op_name(n.target)} at {n.name}")
+        else:
+            self.pin(lab)
+        return out
+
+    def getitem(self, n: Node, lab: Any, x: Any, idx: Any, value: Any) -> Any:
+        if isinstance(lab, (tuple, list)):  # an element of a chunk/split result
+            return lab[idx]
+        if not isinstance(lab, torch.Tensor):
+            return self.unknown(n, value)
+        full = lab.expand(x.shape)
+        out = L.compress(full[idx])
+        labelled = set(L.varying_dims(lab))
+        if labelled & _indexed_dims(idx, x.ndim):
+            self.pin(lab)
+        return self.check_batch(n, lab, out)
+
+
+
+def _indexed_dims(idx: Any, ndim: int) -> set[int]:
+    """Dimensions of the input that ``x[idx]`` does not take whole."""
+    items = idx if isinstance(idx, tuple) else (idx,)
+    consumed = sum(1 for it in items if it is not None and it is not Ellipsis)
+    touched: set[int] = set()
+    d = 0
+    for it in items:
+        if it is Ellipsis:
+            d += ndim - consumed
+        elif it is None:
+            continue
+        elif isinstance(it, slice) and it == slice(None):
+            d += 1
+        else:
+            width = it.ndim if isinstance(it, torch.Tensor) and it.dtype == torch.bool else 1
+            touched.update(range(d, d + max(width, 1)))
+            d += max(width, 1)
+    return touched
+
+
+def size_spec(n: Node, name: str, args: tuple) -> dict[int, Any]:
+    """For reshape-like ops: output dim -> the size argument given for it (literal int, -1,
+    or an fx Node when computed at run time); dims missing from the map are copied."""
+    raw = n.args[1:]
+    if name == "unflatten":
+        dim = raw[0] % (args[0].ndim)
+        return {dim + i: s for i, s in enumerate(raw[1])}
+    if len(raw) == 1 and isinstance(raw[0], (tuple, list)):
+        raw = raw[0]
+    if name == "expand":
+        return {d: (None if s == -1 else s) for d, s in enumerate(raw)}
+    return dict(enumerate(raw))
+
+
+def dim_arg(args: tuple, kwargs: dict, position: int, default: int) -> int:
+    dim = kwargs.get("dim", args[position] if len(args) > position else default)
+    return int(dim)
+

@@ -1,0 +1,224 @@
+"""Structured channel pruning: ``prune_channels`` and the ``prune.channels`` Stage.
+
+``prune_channels(model, example_input, config, data=None)`` returns a physically smaller copy
+of ``model``: the dependency graph (``graph``) says which channels go together, a criterion
+(``criteria``) scores them, ``selection`` picks the ones to drop, ``planning`` verifies the
+pruned model by simulation and ``surgery`` cuts the weights.
+
+Exactness: the pruned model computes what the original computes with the removed channels'
+BatchNorm scale and shift set to zero, as long as every activation on a removed channel maps 0
+to 0 (ReLU, ReLU6, hardtanh, SiLU, hardswish, GELU); after e.g. a sigmoid a removed channel
+would have contributed a constant, which is dropped rather than folded into the next bias.
+
+The Stage (``ChannelPruneStage``) does the same inside a recipe and records the pruned channel
+counts in its ``describe()`` record, so ``rebuild`` recreates the pruned shapes on a freshly
+built model before a checkpoint's weights load. With ``soft=True`` it is soft filter pruning
+(He et al. 2018): after every training epoch the currently selected filters are zeroed but keep
+training (so they can recover); after the last epoch the final selection is removed physically.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from netshrink.core import Stage, check_choice, check_float, check_int, register_stage
+from netshrink.prune.criteria import CriterionContext, list_criteria, score_classes
+from netshrink.prune.graph import DependencyGraph
+from netshrink.prune.planning import ChannelPlan, PlanViolation, make_plan
+from netshrink.prune.selection import select_dropped
+from netshrink.prune.surgery import apply_plan, apply_structure, channel_structure
+
+SCOPES: tuple[str, ...] = ("global", "per_layer")
+MODES: tuple[str, ...] = ("normal", "regular", "group")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelPruneConfig:
+    """How to prune channels.
+
+    ``criterion``: a registered criterion (``list_criteria()``). ``amount``: fraction of the
+    prunable channels to remove, in [0, 1]. ``scope``: ``"global"`` (one threshold across
+    layers, as network slimming) or ``"per_layer"``. ``mode``: ``"normal"`` (exact fraction),
+    ``"regular"`` (kept counts rounded to multiples of ``round_to`` >= 2) or ``"group"`` (also
+    prune grouped convs / shuffles / chunks, each group losing the same count).
+    ``ignored_layers``: module names or fnmatch patterns whose output channels are kept.
+    ``min_channels``: the floor every layer keeps. ``max_batches``: batches used by the
+    criteria that need data; ``seed``: for ``random``.
+    """
+
+    criterion: str = "bn_gamma"
+    amount: float = 0.5
+    scope: str = "global"
+    mode: str = "normal"
+    round_to: int = 1
+    ignored_layers: tuple[str, ...] = ()
+    min_channels: int = 1
+    max_batches: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("criterion", self.criterion, list_criteria())
+        check_float("amount", self.amount, min_value=0.0, max_value=1.0)
+        check_choice("scope", self.scope, SCOPES)
+        check_choice("mode", self.mode, MODES)
+        check_int("round_to", self.round_to, min_value=1)
+        if self.mode == "regular" and self.round_to < 2:
+            raise ValueError(f"round_to={self.round_to!r} must be at least 2 in regular mode")
+        if self.mode != "regular" and self.round_to != 1:
+            raise ValueError(f"round_to={self.round_to!r} is only used by mode='regular'; "
+                             f"leave it at 1 for mode={self.mode!r}")
+        layers = self.ignored_layers
+        if isinstance(layers, str) or not all(isinstance(x, str) for x in layers):
+            raise ValueError(f"ignored_layers={layers!r} must be a list of module names")
+        object.__setattr__(self, "ignored_layers", tuple(layers))
+        check_int("min_channels", self.min_channels, min_value=1)
+        check_int("max_batches", self.max_batches, min_value=1)
+        check_int("seed", self.seed, min_value=0)
+
+
+def plan_channels(model: nn.Module, example_input: torch.Tensor, config: ChannelPruneConfig,
+                  data: Iterable[Any] | None = None) -> ChannelPlan:
+    """Score, select and verify: which channels ``prune_channels`` would remove."""
+    graph = DependencyGraph.build(model, example_input)
+    context = CriterionContext(model, graph, data, config.max_batches, config.seed)
+    scores = score_classes(config.criterion, context)
+    pinned = ignored_classes(graph, config.ignored_layers)
+    while True:
+        dropped = select_dropped(graph, scores, amount=config.amount, scope=config.scope,
+                                 mode=config.mode, round_to=config.round_to,
+                                 min_channels=config.min_channels, pinned=pinned)
+        try:
+            return make_plan(graph, dropped)
+        except PlanViolation as violation:
+            if not (violation.classes & dropped):
+                raise RuntimeError(f"pruning {type(model).__name__} failed at node "
+                                   f"{violation}") from violation
+            pinned = pinned | violation.classes  # keep them and select again
+
+
+def ignored_classes(graph: DependencyGraph, patterns: Iterable[str]) -> frozenset[int]:
+    """Classes of the producers / BatchNorms whose names match ``patterns``."""
+    patterns = list(patterns)
+    out: set[int] = set()
+    for table in (graph.producers, graph.followers):
+        for name, classes in table.items():
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                out.update(classes)
+    return frozenset(out)
+
+
+def prune_channels(model: nn.Module, example_input: torch.Tensor, config: ChannelPruneConfig,
+                   data: Iterable[Any] | None = None) -> nn.Module:
+    """A physically smaller copy of ``model`` (``model`` itself is left unchanged)."""
+    plan = plan_channels(model, example_input, config, data)
+    return apply_plan(copy.deepcopy(model), plan)
+
+
+# -- the Stage ------------------------------------------------------------------------------
+
+Structure = tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelPruneStageConfig:
+    """``prune`` settings, the ``input_shape`` used to trace, ``soft`` filter pruning, and the
+    pruned ``structure`` (module -> shape numbers), recorded by the stage for rebuilding."""
+
+    prune: ChannelPruneConfig = ChannelPruneConfig()
+    input_shape: tuple[int, ...] = (1, 3, 32, 32)
+    soft: bool = False
+    structure: Structure = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prune, Mapping):
+            object.__setattr__(self, "prune", ChannelPruneConfig(**self.prune))
+        if not isinstance(self.prune, ChannelPruneConfig):
+            raise ValueError(f"prune={self.prune!r} must be a ChannelPruneConfig or a dict")
+        shape = tuple(self.input_shape)
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise ValueError(f"input_shape={self.input_shape!r} must be positive integers")
+        object.__setattr__(self, "input_shape", shape)
+        check_choice("soft", self.soft, (False, True))
+        object.__setattr__(self, "structure", _as_structure(self.structure))
+
+
+def _as_structure(raw: Any) -> Structure:
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    try:
+        return tuple((str(name), tuple((str(k), int(v)) for k, v in
+                                       (shape.items() if isinstance(shape, Mapping) else shape)))
+                     for name, shape in items)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"structure={raw!r} must map module names to shape numbers") from err
+
+
+@register_stage("prune.channels")
+class ChannelPruneStage(Stage):
+    """Channel pruning in a recipe. ``data`` feeds the criteria that need batches."""
+
+    config_class = ChannelPruneStageConfig
+
+    def __init__(self, config: ChannelPruneStageConfig,
+                 data: Iterable[Any] | None = None) -> None:
+        super().__init__(config)
+        self.data = data
+        self.structure: dict[str, dict[str, int]] = {
+            name: dict(shape) for name, shape in config.structure}
+        self.last_plan: ChannelPlan | None = None
+
+    def _plan(self, model: nn.Module) -> ChannelPlan:
+        ref = next(iter(model.parameters()), torch.empty(0))
+        example = torch.zeros(self.config.input_shape, dtype=ref.dtype, device=ref.device)
+        self.last_plan = plan_channels(model, example, self.config.prune, self.data)
+        return self.last_plan
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Prune ``model`` in place (soft mode: leave it whole until the last epoch)."""
+        return model if self.config.soft else self.finalize(model)
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Remove the selected channels physically (in place) and record the new shapes."""
+        plan = self._plan(model)
+        apply_plan(model, plan)
+        self.structure.update(channel_structure(model, list(plan.modules)))
+        return model
+
+    def rebuild(self, model: nn.Module) -> nn.Module:
+        """Give a fresh model the recorded pruned shapes (weights are loaded afterwards)."""
+        return apply_structure(model, self.structure)
+
+    def describe(self) -> dict[str, Any]:
+        record = super().describe()
+        record["config"]["structure"] = {name: dict(shape)
+                                         for name, shape in self.structure.items()}
+        return record
+
+    @torch.no_grad()
+    def after_epoch(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        """Soft mode: zero the selected filters; after the last epoch, remove them."""
+        if not self.config.soft:
+            return
+        if epoch + 1 >= epochs:
+            self.finalize(model)
+            return
+        zero_filters(model, self._plan(model))
+
+
+@torch.no_grad()
+def zero_filters(model: nn.Module, plan: ChannelPlan) -> None:
+    """Zero the removed output filters (weight rows and bias) of every conv / linear."""
+    for name, idx in plan.removed.items():
+        m = model.get_submodule(name)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or not idx:
+            continue
+        index = torch.tensor(idx, dtype=torch.long, device=m.weight.device)
+        m.weight[index] = 0
+        if getattr(m, "bias", None) is not None:
+            m.bias[index] = 0

@@ -1,0 +1,48 @@
+"""torch.fx tracing with an error that names the module that could not be traced.
+
+Pruning reads a model's structure from its fx graph, never from per-model rules, so a model
+must be symbolically traceable. When it is not, ``trace`` raises ``UntraceableModelError``
+naming the innermost module whose ``forward`` failed (or the model's own forward), its type and
+the original reason, so the user knows which module to rewrite or wrap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.fx
+from torch import nn
+
+
+class UntraceableModelError(RuntimeError):
+    """The model cannot be traced with torch.fx; the message names the failing module."""
+
+
+class _NamingTracer(torch.fx.Tracer):
+    """A default fx tracer that turns a failure inside a module into UntraceableModelError."""
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except UntraceableModelError:
+            raise
+        except Exception as err:
+            name = self.path_of_module(m)
+            raise UntraceableModelError(
+                f"cannot trace module {name!r} ({type(m).__name__}) with torch.fx: "
+                f"{type(err).__name__}: {err}. Pruning needs a traceable model: avoid "
+                "data-dependent control flow in that module's forward") from err
+
+
+def trace(model: nn.Module) -> torch.fx.GraphModule:
+    """Symbolically trace ``model``; the GraphModule shares the model's submodules."""
+    tracer = _NamingTracer()
+    try:
+        graph = tracer.trace(model)
+    except UntraceableModelError:
+        raise
+    except Exception as err:
+        raise UntraceableModelError(
+            f"cannot trace the forward of {type(model).__name__} itself with torch.fx: "
+            f"{type(err).__name__}: {err}") from err
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_testing import read_scalars
 
 from netshrink.core import load_checkpoint
-
-from ._tb import read_scalars
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 pytestmark = pytest.mark.ddp

@@ -5,14 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_testing import read_scalars
 from torch import nn
 
 from netshrink.bench.data import synthetic
 from netshrink.bench.engine import ConfigMismatchError, TrainConfig, Trainer
 from netshrink.bench.engine.checkpoints import list_checkpoints
 from netshrink.core import Stage, load_checkpoint
-
-from ._tb import read_scalars
 
 TRAIN = synthetic("train", 160, num_classes=4, size=16)
 TEST = synthetic("test", 64, num_classes=4, size=16)

@@ -11,7 +11,7 @@ from netshrink.bench.tables.check import baseline_record, compare
 from netshrink.bench.tables.report import load_results, markdown, replace_block
 from netshrink.bench.tables.runner import RunContext, load_table_data, run_table
 
-ONE = Schedule(epochs={"full": 1, "quick": 1, "smoke": 1}, lr=0.05, batch_size=64)
+ONE = Schedule(epochs={"full": 1, "quick": 1, "smoke": 1}, lr=0.05, batch_size=256)
 TOY = Table(name="toy", title="Toy", baseline="float", dataset="synthetic", rows=(
     Row("float", "float", model="nin", model_kwargs={"width": 0.4}, schedule=ONE),
     Row("again", "float, one more epoch", upstream="float", schedule=ONE),
@@ -64,7 +64,7 @@ def test_run_caches_and_reruns_only_what_changed(tmp_path: Path):
     changed = Table(name="toy", title="Toy", baseline="float", dataset="synthetic", rows=(
         TOY.rows[0], Row("again", "float, one more epoch", upstream="float",
                          schedule=Schedule(epochs={p: 1 for p in PROFILES}, lr=0.02,
-                                           batch_size=64))))
+                                           batch_size=256))))
     seen.clear()
     run_table(_ctx(tmp_path, changed), list(changed.rows),
               on_row=lambda r, s: seen.append((r.name, s)))
@@ -83,7 +83,7 @@ def test_run_caches_and_reruns_only_what_changed(tmp_path: Path):
 def test_interrupted_row_resumes_from_its_checkpoint(tmp_path: Path):
     two = Table(name="toy", title="Toy", baseline="float", dataset="synthetic", rows=(
         Row("float", "float", model="nin", model_kwargs={"width": 0.4},
-            schedule=Schedule(epochs={p: 2 for p in PROFILES}, lr=0.05, batch_size=64)),))
+            schedule=Schedule(epochs={p: 2 for p in PROFILES}, lr=0.05, batch_size=256)),))
     ctx = _ctx(tmp_path, two)
     result = run_table(ctx, list(two.rows))[0]
     # simulate a crash after epoch 1: drop the result and the newer checkpoint
@@ -94,10 +94,16 @@ def test_interrupted_row_resumes_from_its_checkpoint(tmp_path: Path):
     assert again["metrics"]["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
 
 
-def test_report_matches_results_and_readme_block_is_regenerated_identically(tmp_path: Path):
-    ctx = _ctx(tmp_path)
-    run_table(ctx, list(TOY.rows))
-    results = load_results(tmp_path / "res", TOY)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """One finished run of the toy table, shared by the read-only tests below."""
+    root = tmp_path_factory.mktemp("toy")
+    run_table(_ctx(root), list(TOY.rows))
+    return root
+
+
+def test_report_matches_results_and_readme_block_is_regenerated_identically(finished: Path):
+    results = load_results(finished / "res", TOY)
     text = markdown(results, TOY)
     for name, r in results.items():
         label = TOY.row(name).label
@@ -112,10 +118,8 @@ def test_report_matches_results_and_readme_block_is_regenerated_identically(tmp_
         replace_block(readme, "other", text)
 
 
-def test_check_passes_on_baseline_and_fails_on_planted_regressions(tmp_path: Path):
-    ctx = _ctx(tmp_path)
-    run_table(ctx, list(TOY.rows))
-    results = load_results(tmp_path / "res", TOY)
+def test_check_passes_on_baseline_and_fails_on_planted_regressions(finished: Path):
+    results = load_results(finished / "res", TOY)
     base = baseline_record(results)
     assert compare(results, base, 0.02) == []
     worse = json.loads(json.dumps(results))
@@ -128,14 +132,13 @@ def test_check_passes_on_baseline_and_fails_on_planted_regressions(tmp_path: Pat
     assert any(f.row == "again" and "no result" in f.message for f in compare(worse, base, 0.02))
 
 
-def test_check_cli_exit_codes(tmp_path: Path, monkeypatch):
+def test_check_cli_exit_codes(finished: Path, tmp_path: Path, monkeypatch):
     from netshrink.bench.tables import spec as spec_module
 
     monkeypatch.setitem(spec_module.TABLES._items, "toy", TOY)
-    run_table(_ctx(tmp_path), list(TOY.rows))
     runner = CliRunner()
     base = tmp_path / "base.json"
-    args = ["check", "--table", "toy", "--results", str(tmp_path / "res"), "--baseline",
+    args = ["check", "--table", "toy", "--results", str(finished / "res"), "--baseline",
             str(base)]
     missing = runner.invoke(app, args)
     assert missing.exit_code == 2 and "bench check --update" in missing.output

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from bnfuse_testing import randomize_bn
 from torch import nn
 
 from netshrink.bnfuse import bn_affine, fold_input_affine, fold_output_affine, threshold_affine
-
-from ._helpers import randomize_bn
 
 BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 

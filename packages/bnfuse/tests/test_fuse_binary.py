@@ -5,11 +5,10 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from bnfuse_testing import BinaryConv2d, SignInputs, randomize_bn
 from torch import nn
 
 from netshrink.bnfuse import FuseConfig, compare, fuse_with_report
-
-from ._helpers import BinaryConv2d, SignInputs, randomize_bn
 
 
 def _binary(cin: int, cout: int, k: int, seed: int) -> BinaryConv2d:

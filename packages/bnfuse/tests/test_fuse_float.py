@@ -4,12 +4,11 @@ import copy
 
 import pytest
 import torch
+from bnfuse_testing import randomize_bn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from netshrink.bnfuse import REPORT_ATTR, FuseConfig, FuseReport, compare, fuse, fuse_with_report
-
-from ._helpers import randomize_bn
 
 
 def _bn_names(model: nn.Module) -> set[str]:

@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
+from bnfuse_testing import BinaryConv2d, randomize_bn
 from torch import nn
 
 from netshrink.bnfuse import FuseConfig, FuseStage
 from netshrink.core import STAGES, apply_recipe, stage_from_description
-
-from ._helpers import BinaryConv2d, randomize_bn
 
 
 def _net() -> nn.Sequential:

@@ -3,12 +3,11 @@
 import pytest
 import torch
 import torch.fx
+from bnfuse_testing import randomize_bn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from netshrink.bnfuse import compare, fuse_with_report
-
-from ._helpers import randomize_bn
 
 models = pytest.importorskip("netshrink.models")
 

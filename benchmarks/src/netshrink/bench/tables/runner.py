@@ -121,7 +121,7 @@ def _run_row(ctx: RunContext, row: Row, h: str) -> dict[str, Any]:
     stages = []
     for record in row.stages:
         stage = stage_from_description(record)
-        _give_context(stage, example, ctx)
+        stage.use_data(_training_batches(ctx))
         model = stage.apply(model)
         stages.append(stage)
     recipe = upstream_recipe + [s.describe() for s in stages]
@@ -185,15 +185,10 @@ def _starting_model(ctx: RunContext, row: Row) -> tuple[nn.Module, list[dict[str
     return create_model(row.model, **kwargs), []
 
 
-def _give_context(stage: Any, example: torch.Tensor, ctx: RunContext) -> None:
-    """Stages that need an example input or calibration batches take them through
-    ``set_context(example_input, batches)``; others ignore it."""
-    hook = getattr(stage, "set_context", None)
-    if hook is None:
-        return
+def _training_batches(ctx: RunContext, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A few unaugmented training batches for stages that need data (``Stage.use_data``)."""
     loader = DeviceLoader(ctx.train_data, 128, device="cpu", train=False)
-    batches = [batch for _, batch in zip(range(4), loader, strict=False)]
-    hook(example, batches)
+    return [batch for _, batch in zip(range(n), loader, strict=False)]
 
 
 def _claim_run_dir(run_dir: Path, h: str, env: DistEnv) -> None:

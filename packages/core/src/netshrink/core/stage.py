@@ -47,6 +47,10 @@ class Stage(ABC):
     def apply(self, model: nn.Module) -> nn.Module:
         """Return the compressed model (may be ``model`` itself, changed in place)."""
 
+    def use_data(self, batches: list[Any]) -> None:
+        """Receive a few ``(inputs, labels)`` batches before ``apply``, for stages whose result
+        depends on data (Taylor or activation criteria, calibration). Default: ignore them."""
+
     def rebuild(self, model: nn.Module) -> nn.Module:
         """Recreate this stage's structure on a fresh model before weights are loaded.
 

@@ -173,6 +173,10 @@ class ChannelPruneStage(Stage):
             name: dict(shape) for name, shape in config.structure}
         self.last_plan: ChannelPlan | None = None
 
+    def use_data(self, batches: list[Any]) -> None:
+        """Batches for the criteria that need them (taylor, apoz, mean_activation)."""
+        self.data = batches
+
     def _plan(self, model: nn.Module) -> ChannelPlan:
         ref = next(iter(model.parameters()), torch.empty(0))
         example = torch.zeros(self.config.input_shape, dtype=ref.dtype, device=ref.device)

@@ -1,0 +1,107 @@
+"""``QuantConfig``: what ``quantize`` does to a model, frozen and validated on creation.
+
+Every combination of weight precision ``w`` and activation precision ``a`` is legal:
+
+* ``32``: float, left untouched;
+* ``16``: rounded to float16 (weights stored as float16 when packed);
+* ``8``, ``4``, ``3``, ``2``: k-bit uniform (DoReFa): weights through tanh normalisation to
+  ``[-1, 1]``; activations clipped to ``[0, a_clip]``;
+* ``"ternary"``: weights by TWN (per-output-channel threshold, optional scale, optional
+  hysteresis gap); activations rounded to {-1, 0, +1} after clipping to ``[-1, 1]``;
+* ``"binary"``: weights ``sign`` (0 maps to +1) with an optional per-output-channel scale
+  (XNOR/BWN) or without (BNN); activations ``sign``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from netshrink.core import check_choice, check_float
+
+#: A precision: bits as an int, or "ternary" / "binary".
+Precision = int | Literal["ternary", "binary"]
+
+PRECISIONS: tuple[Precision, ...] = (32, 16, 8, 4, 3, 2, "ternary", "binary")
+#: Precisions that mean "k-bit uniform quantization" (DoReFa).
+KBIT_PRECISIONS: tuple[int, ...] = (8, 4, 3, 2)
+ESTIMATOR_NAMES: tuple[str, ...] = ("ste", "saturate_ste", "soft_ste")
+#: "dorefa": the k-bit / ternary / binary quantizers above. "int8_affine": the integer-only
+#: scheme (scale and zero point; w = a = 8): per-channel symmetric weights, asymmetric
+#: activations with moving-average observers, BatchNorm folded into the conv while training.
+SCHEMES: tuple[str, ...] = ("dorefa", "int8_affine")
+#: What happens to the first / last quantizable layer: stays float, becomes 8-bit, or is
+#: quantized like every other layer.
+LAYER_POLICIES: tuple[str, ...] = ("float", "8bit", "same")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Quantization-aware training settings (see the module docstring for the precisions).
+
+    ``w_estimator`` / ``a_estimator``: the gradient through the rounding of weights /
+    activations: ``"ste"`` (identity), ``"saturate_ste"`` (zero outside the quantizer's input
+    range, e.g. where ``|x| > 1`` for sign), ``"soft_ste"`` (a tent, the ApproxSign derivative
+    for sign). 16-bit rounding always uses the identity.
+
+    ``first`` / ``last``: policy for the first and last quantizable layer (in module order):
+    ``"float"`` (default: untouched), ``"8bit"`` (8-bit weights; the last layer's input is
+    8-bit too, the first layer's input, the data itself, stays as given) or ``"same"`` (as
+    every other layer, input included).
+
+    ``a_clip``: k-bit activations are clipped to ``[0, a_clip]`` (DoReFa uses 1.0) and then
+    rounded to ``2**a - 1`` equal steps; nothing rescales the input first.
+
+    ``ternary_gap``: hysteresis for ternary weights, a fraction of the per-channel threshold
+    ``D``: a weight becomes non-zero above ``D * (1 + gap)``, zero below ``D * (1 - gap)``,
+    and keeps its state in between. 0 gives plain TWN.
+
+    ``ternary_scale`` / ``binary_scale``: multiply the {-1, 0, +1} / {-1, +1} weight codes by a
+    per-output-channel scale (TWN, XNOR/BWN) or not (hardware without a multiplier; BNN).
+
+    ``bn_momentum``: when set, every BatchNorm's momentum becomes this value (binary and
+    ternary models have noisy batch statistics; e.g. 0.01 steadies the running estimates).
+
+    ``scheme``: ``"dorefa"`` (default) or ``"int8_affine"`` (needs ``w == a == 8``; 8-bit
+    first/last layers then use it too): see ``SCHEMES``.
+    """
+
+    w: Precision
+    a: Precision
+    w_estimator: str = "ste"
+    a_estimator: str = "saturate_ste"
+    first: str = "float"
+    last: str = "float"
+    a_clip: float = 1.0
+    ternary_gap: float = 0.0
+    ternary_scale: bool = True
+    binary_scale: bool = True
+    bn_momentum: float | None = None
+    scheme: str = "dorefa"
+
+    def __post_init__(self) -> None:
+        check_choice("w", self.w, PRECISIONS)
+        check_choice("a", self.a, PRECISIONS)
+        check_choice("w_estimator", self.w_estimator, ESTIMATOR_NAMES)
+        check_choice("a_estimator", self.a_estimator, ESTIMATOR_NAMES)
+        check_choice("first", self.first, LAYER_POLICIES)
+        check_choice("last", self.last, LAYER_POLICIES)
+        check_float("a_clip", self.a_clip, min_value=0.0, min_exclusive=True)
+        check_float("ternary_gap", self.ternary_gap, min_value=0.0)
+        if self.ternary_gap >= 1.0:
+            raise ValueError(f"ternary_gap={self.ternary_gap!r} must be in [0, 1) (a fraction "
+                             "of the threshold)")
+        check_choice("ternary_scale", self.ternary_scale, (True, False))
+        check_choice("binary_scale", self.binary_scale, (True, False))
+        if self.bn_momentum is not None:
+            check_float("bn_momentum", self.bn_momentum, min_value=0.0, max_value=1.0,
+                        min_exclusive=True)
+        check_choice("scheme", self.scheme, SCHEMES)
+        if self.scheme == "int8_affine" and (self.w, self.a) != (8, 8):
+            raise ValueError(f"scheme='int8_affine' needs w=8 and a=8, got w={self.w!r}, "
+                             f"a={self.a!r}")
+
+    @property
+    def is_float(self) -> bool:
+        """True when neither weights nor activations are quantized (``w == a == 32``)."""
+        return self.w == 32 and self.a == 32

@@ -1,0 +1,304 @@
+"""Quantized layers: ``QuantConv2d`` (plain, grouped, depthwise), ``QuantConvTranspose2d`` and
+``QuantLinear``.
+
+Each is a subclass of the torch layer it replaces and shares that layer's ``weight`` and
+``bias`` Parameters (an optimizer built before ``quantize`` keeps working). On every forward it
+fake-quantizes its input with ``input_quant`` and its latent float weight with
+``weight_quant``, then runs the usual convolution / matrix product.
+
+* ``packed_bits`` (read by ``netshrink.core.ModelStats``) declares the weight's real width.
+* ``netshrink_input_sign`` is True when the input quantizer is binary ``sign``.
+* ``fold_affine(scale, shift)`` absorbs a per-output-channel ``y * scale + shift`` (a folded
+  BatchNorm) into a per-channel output scale ``out_scale`` and the bias, leaving the weight
+  codes untouched: ``y = conv(x_q, w_q) * out_scale + bias``. ``scale`` may be negative or 0.
+* ``freeze_weight()`` replaces the latent weight by its codes (``FrozenWeight``): what a
+  model loaded from a packed file holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netshrink.core import INPUT_SIGN_ATTR, PACKED_BITS_ATTR
+from netshrink.quant.quantizers import ActQuantizer, BinaryAct, WeightQuantizer
+
+
+class FrozenWeight(nn.Module):
+    """A layer weight held as codes plus float parameters, decoded on every forward."""
+
+    def __init__(self, quantizer: WeightQuantizer, codes: torch.Tensor,
+                 params: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.quantizer = quantizer
+        self.register_buffer("codes", codes)
+        self.param_names = tuple(sorted(params))
+        for name in self.param_names:
+            self.register_buffer(name, params[name])
+        self.packed_bits = {"codes": quantizer.bits}
+
+    def forward(self) -> torch.Tensor:
+        params = {name: getattr(self, name) for name in self.param_names}
+        return self.quantizer.decode(self.codes, params)
+
+
+class _QuantLayer:
+    """What the three quantized layers share; they mix it into their torch base class."""
+
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    weight_quant: WeightQuantizer | FrozenWeight | None
+    input_quant: ActQuantizer | None
+    out_scale: torch.Tensor | None
+
+    def _setup_quant(self, weight_quant: WeightQuantizer | None,
+                     input_quant: ActQuantizer | None) -> None:
+        self.weight_quant = weight_quant
+        self.input_quant = input_quant
+        self.register_buffer("out_scale", None)
+        setattr(self, PACKED_BITS_ATTR,
+                {"weight": weight_quant.bits} if weight_quant is not None else {})
+        setattr(self, INPUT_SIGN_ATTR, isinstance(input_quant, BinaryAct))
+
+    # out-major view: one row per output channel ----------------------------------------
+    def _out_major(self, w: torch.Tensor) -> torch.Tensor:
+        return w.reshape(w.shape[0], -1)
+
+    def _from_out_major(self, w2d: torch.Tensor) -> torch.Tensor:
+        return w2d.view(self._weight_shape())
+
+    def _weight_shape(self) -> torch.Size:
+        raise NotImplementedError
+
+    @property
+    def num_out_channels(self) -> int:
+        raise NotImplementedError
+
+    # the two quantized inputs of the layer ------------------------------------------------
+    @property
+    def is_frozen(self) -> bool:
+        return isinstance(self.weight_quant, FrozenWeight)
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight the layer computes with (fake-quantized, or decoded when frozen)."""
+        if self.weight_quant is None:
+            return self.weight
+        if isinstance(self.weight_quant, FrozenWeight):
+            return self._from_out_major(self.weight_quant())
+        # Under no_grad, a view of a Parameter still says requires_grad but has no grad_fn,
+        # which breaks module hooks such as FlopCounterMode's tracker: detach it instead.
+        w = self.weight if torch.is_grad_enabled() else self.weight.detach()
+        return self._from_out_major(self.weight_quant(self._out_major(w)))
+
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_quant is None else self.input_quant(x)
+
+    def _finish(self, y: torch.Tensor, channel_view: tuple[int, ...]) -> torch.Tensor:
+        """Apply the folded per-channel output scale and the bias (only after a fold)."""
+        return torch.addcmul(self.bias.view(channel_view), y, self.out_scale.view(channel_view))
+
+    # contracts with other packages ----------------------------------------------------------
+    @torch.no_grad()
+    def fold_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Absorb ``y -> y * scale + shift`` (per output channel); weight codes unchanged."""
+        n = self.num_out_channels
+        for name, t in (("scale", scale), ("shift", shift)):
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n,):
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"fold_affine: {name} must be a tensor of shape ({n},) (one "
+                                 f"value per output channel), got {got}")
+        ref = self.bias if self.bias is not None else self.out_scale
+        if ref is None:
+            ref = (self.weight if self.weight is not None else self.weight_quant.codes)
+        dtype = ref.dtype if ref.dtype.is_floating_point else torch.float32
+        device = ref.device
+        scale = scale.detach().to(device=device, dtype=dtype)
+        shift = shift.detach().to(device=device, dtype=dtype)
+        old_scale = self.out_scale if self.out_scale is not None else torch.ones_like(scale)
+        self.out_scale = old_scale * scale
+        if self.bias is None:
+            self.bias = nn.Parameter(shift.clone())
+        else:  # in place: an optimizer holding the bias keeps training it
+            self.bias.mul_(scale).add_(shift)
+
+    @torch.no_grad()
+    def freeze_weight(self) -> None:
+        """Replace the latent weight by its codes and parameters (a ``FrozenWeight``)."""
+        if self.weight_quant is None or self.is_frozen:
+            return
+        codes, params = self.weight_quant.encode(self._out_major(self.weight))
+        self._install_frozen(FrozenWeight(self.weight_quant, codes, params))
+
+    def _install_frozen(self, frozen: FrozenWeight) -> None:
+        self.weight = None
+        self.weight_quant = frozen
+        setattr(self, PACKED_BITS_ATTR, {})
+
+    def deploy_state(self) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """What a packed file stores for this layer: the float weight its codes encode
+        (None when frozen) and the other tensors, by their names in the deployed layer."""
+        state = self.state_dict()
+        if self.weight_quant is None or self.is_frozen:
+            return None, dict(state)
+        rest = {k: v for k, v in state.items()
+                if k != "weight" and not k.startswith("weight_quant.")}
+        return self.weight, rest
+
+    def deploy_args(self) -> dict[str, Any]:
+        """Constructor arguments of the deployed layer (``deploy_type``)."""
+        return _conv_args(self) if hasattr(self, "out_channels") else {
+            "in_features": self.in_features, "out_features": self.out_features,
+            "bias": self.bias is not None}
+
+    @property
+    def deploy_type(self) -> type[nn.Module]:
+        """The class a packed file rebuilds this layer as (its own class by default)."""
+        return type(self)
+
+    def quant_spec(self) -> dict[str, Any]:
+        """JSON-able description of the quantization (for packed files)."""
+        wq = self.weight_quant.quantizer if self.is_frozen else self.weight_quant
+        return {"weight_quant": None if wq is None else wq.spec(),
+                "input_quant": None if self.input_quant is None else self.input_quant.spec(),
+                "folded": self.out_scale is not None}
+
+    @classmethod
+    def _adopt(cls, layer: nn.Module, new: nn.Module) -> nn.Module:
+        new.weight = layer.weight
+        new.bias = layer.bias
+        device = layer.weight.device
+        if new.weight_quant is not None:
+            new.weight_quant.to(device)
+        if new.input_quant is not None:
+            new.input_quant.to(device)
+        return new.train(layer.training)
+
+
+def _conv_args(conv: nn.Conv2d | nn.ConvTranspose2d) -> dict[str, Any]:
+    args = {"in_channels": conv.in_channels, "out_channels": conv.out_channels,
+            "kernel_size": conv.kernel_size, "stride": conv.stride, "padding": conv.padding,
+            "dilation": conv.dilation, "groups": conv.groups, "bias": conv.bias is not None,
+            "padding_mode": conv.padding_mode}
+    if isinstance(conv, nn.ConvTranspose2d):
+        args["output_padding"] = conv.output_padding
+    return args
+
+
+class QuantConv2d(_QuantLayer, nn.Conv2d):
+    """``nn.Conv2d`` with quantized input and weight (plain, grouped or depthwise)."""
+
+    def __init__(self, *args: Any, weight_quant: WeightQuantizer | None = None,
+                 input_quant: ActQuantizer | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup_quant(weight_quant, input_quant)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_quant: WeightQuantizer | None,
+                   input_quant: ActQuantizer | None) -> QuantConv2d:
+        """A quantized layer sharing ``conv``'s weight and bias Parameters."""
+        new = cls(**_conv_args(conv), device="meta", weight_quant=weight_quant,
+                  input_quant=input_quant)
+        return cls._adopt(conv, new)
+
+    def _weight_shape(self) -> torch.Size:
+        return torch.Size((self.out_channels, self.in_channels // self.groups,
+                           *self.kernel_size))
+
+    @property
+    def num_out_channels(self) -> int:
+        return self.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quantized_input(x)
+        w = self.quantized_weight()
+        if self.out_scale is None:
+            return self._conv_forward(x, w, self.bias)
+        return self._finish(self._conv_forward(x, w, None), (-1, 1, 1))
+
+
+class QuantConvTranspose2d(_QuantLayer, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` with quantized input and weight. Its weight is stored
+    ``(in, out / groups, kh, kw)``; the quantizers see it regrouped one row per output channel.
+    """
+
+    def __init__(self, *args: Any, weight_quant: WeightQuantizer | None = None,
+                 input_quant: ActQuantizer | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup_quant(weight_quant, input_quant)
+
+    @classmethod
+    def from_float(cls, conv: nn.ConvTranspose2d, weight_quant: WeightQuantizer | None,
+                   input_quant: ActQuantizer | None) -> QuantConvTranspose2d:
+        """A quantized layer sharing ``conv``'s weight and bias Parameters."""
+        new = cls(**_conv_args(conv), device="meta", weight_quant=weight_quant,
+                  input_quant=input_quant)
+        return cls._adopt(conv, new)
+
+    def _weight_shape(self) -> torch.Size:
+        return torch.Size((self.in_channels, self.out_channels // self.groups,
+                           *self.kernel_size))
+
+    def _out_major(self, w: torch.Tensor) -> torch.Tensor:
+        g = self.groups
+        grouped = w.reshape(g, self.in_channels // g, self.out_channels // g, -1)
+        return grouped.transpose(1, 2).reshape(self.out_channels, -1)
+
+    def _from_out_major(self, w2d: torch.Tensor) -> torch.Tensor:
+        g = self.groups
+        grouped = w2d.reshape(g, self.out_channels // g, self.in_channels // g, -1)
+        return grouped.transpose(1, 2).reshape(self._weight_shape())
+
+    @property
+    def num_out_channels(self) -> int:
+        return self.out_channels
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding,
+                                              self.kernel_size, 2, self.dilation)
+        x = self.quantized_input(x)
+        w = self.quantized_weight()
+        bias = self.bias if self.out_scale is None else None
+        y = F.conv_transpose2d(x, w, bias, self.stride, self.padding, output_padding,
+                               self.groups, self.dilation)
+        return y if self.out_scale is None else self._finish(y, (-1, 1, 1))
+
+
+class QuantLinear(_QuantLayer, nn.Linear):
+    """``nn.Linear`` with quantized input and weight."""
+
+    def __init__(self, *args: Any, weight_quant: WeightQuantizer | None = None,
+                 input_quant: ActQuantizer | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup_quant(weight_quant, input_quant)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_quant: WeightQuantizer | None,
+                   input_quant: ActQuantizer | None) -> QuantLinear:
+        """A quantized layer sharing ``linear``'s weight and bias Parameters."""
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                  device="meta", weight_quant=weight_quant, input_quant=input_quant)
+        return cls._adopt(linear, new)
+
+    def _weight_shape(self) -> torch.Size:
+        return torch.Size((self.out_features, self.in_features))
+
+    @property
+    def num_out_channels(self) -> int:
+        return self.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quantized_input(x)
+        w = self.quantized_weight()
+        if self.out_scale is None:
+            return F.linear(x, w, self.bias)
+        return self._finish(F.linear(x, w), (-1,))
+
+
+QUANT_LAYERS: tuple[type[nn.Module], ...] = (QuantConv2d, QuantConvTranspose2d, QuantLinear)
+#: The float layer each quantized layer replaces.
+QUANT_LAYER_FOR: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv2d: QuantConv2d, nn.ConvTranspose2d: QuantConvTranspose2d, nn.Linear: QuantLinear,
+}

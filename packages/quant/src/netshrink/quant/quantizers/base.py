@@ -1,0 +1,59 @@
+"""The two quantizer interfaces every quantizer module implements.
+
+Weight quantizers see a weight in *out-major* form: a 2-D tensor with one row per output
+channel (the layer does the reshaping), so per-output-channel statistics are row statistics.
+They split quantization into ``encode`` (integer codes and float parameters such as scales,
+what a packed file stores) and ``decode`` (codes back to float weights). The training
+``forward`` computes exactly ``decode(*encode(w))`` with the same arithmetic, plus a gradient
+estimator, which is why a packed model's outputs are bit-identical to the fake-quantized one.
+
+Activation quantizers are elementwise, have no codes to store, and are rebuilt from ``spec()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class WeightQuantizer(nn.Module):
+    """Fake-quantizes an out-major weight ``(out_channels, fan_in)``."""
+
+    #: Registry name (``WEIGHT_QUANTIZERS``), recorded in packed files.
+    kind: ClassVar[str] = ""
+    #: Bits per weight when packed (1.6 for base-3 packed ternary).
+    bits: float = 32.0
+    #: Number of distinct codes (2 for binary, 3 for ternary, 2**k for k-bit); 0 = float codes.
+    num_codes: int = 0
+
+    def forward(self, w2d: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode(self, w2d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Codes (``uint8``, or ``float16`` for 16-bit) and float parameters (e.g. ``scale``)."""
+        raise NotImplementedError
+
+    def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The float weight the codes stand for, out-major."""
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-able constructor arguments (with ``kind``): enough to rebuild ``decode``."""
+        raise NotImplementedError
+
+
+class ActQuantizer(nn.Module):
+    """Fake-quantizes a layer's input activation elementwise."""
+
+    kind: ClassVar[str] = ""
+    #: True when the output is sign(x): a BatchNorm before it folds into a threshold.
+    input_sign: ClassVar[bool] = False
+
+    def spec(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "kind")

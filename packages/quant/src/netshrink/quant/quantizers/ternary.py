@@ -1,0 +1,116 @@
+"""Ternary weights (TWN, Li & Liu 2016) and ternary activations.
+
+Weights, per output channel (row of the out-major weight): threshold ``D = 0.7 * mean|w|``;
+codes ``t = sign(w)`` where ``|w| > D``, else 0; the weight is ``t * scale`` with
+``scale = mean of |w| over the non-zero codes`` (TWN), or plain ``t`` with ``scale=False``
+(for hardware that cannot multiply by a scale).
+
+``gap`` adds hysteresis: a weight turns non-zero only above ``D * (1 + gap)``, turns zero only
+below ``D * (1 - gap)``, and in between keeps the state it had at the previous training
+forward, so weights hovering near the threshold do not flip every step. The state is a
+persistent ``int8`` buffer (it travels with checkpoints so training resumes exactly; it is
+not part of the deployed model, so it declares 0 packed bits). Gradients: the estimator on the
+nominal range ``[-1, 1]``; the scale is treated as a constant.
+
+Activations: ``round(clamp(x, -1, 1))``: -1 below -0.5, +1 above 0.5, else 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from netshrink.quant.estimators import quantize_with_estimator
+from netshrink.quant.quantizers.base import ActQuantizer, WeightQuantizer
+from netshrink.quant.quantizers.registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
+
+#: TWN's threshold factor: ``D = THRESHOLD * mean|w|`` per output channel.
+THRESHOLD = 0.7
+
+
+@WEIGHT_QUANTIZERS.register("ternary")
+class TernaryWeight(WeightQuantizer):
+    """TWN weights: codes {-1, 0, +1} stored as 0/1/2, per-output-channel scale optional."""
+
+    kind = "ternary"
+    bits = 1.6  # base-3 packed: 5 trits per byte
+    num_codes = 3
+
+    def __init__(self, estimator: str = "ste", scale: bool = True, gap: float = 0.0,
+                 shape: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= gap < 1.0:
+            raise ValueError(f"gap={gap!r} must be in [0, 1)")
+        self.estimator = estimator
+        self.scale = scale
+        self.gap = float(gap)
+        self.packed_bits = {"state": 0}
+        state = torch.zeros(tuple(shape), dtype=torch.int8) if gap > 0 and shape else None
+        self.register_buffer("state", state)
+
+    @torch.no_grad()
+    def init_state(self, w2d: torch.Tensor) -> None:
+        """Start the hysteresis state from the plain TWN codes of ``w2d``."""
+        if self.state is not None:
+            self.state.copy_(self._ternarize(w2d, use_state=False)[0].to(torch.int8))
+
+    @torch.no_grad()
+    def _ternarize(self, w2d: torch.Tensor,
+                   use_state: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes as floats -1/0/+1 and the per-channel scale (from ``|w|`` of non-zeros)."""
+        absw = w2d.abs()
+        delta = THRESHOLD * absw.mean(1, keepdim=True)
+        if self.state is not None and use_state:
+            nonzero = (absw > delta * (1.0 + self.gap)) | (
+                (absw >= delta * (1.0 - self.gap)) & (self.state != 0))
+        else:
+            nonzero = absw > delta
+        t = torch.where(nonzero, torch.sign(w2d), torch.zeros((), dtype=w2d.dtype))
+        scale = (absw * nonzero).sum(1) / nonzero.sum(1).clamp_min(1)
+        return t, scale
+
+    def forward(self, w2d: torch.Tensor) -> torch.Tensor:
+        t, scale = self._ternarize(w2d)
+        if self.training and self.state is not None:
+            self.state.copy_(t.to(torch.int8))
+        q = quantize_with_estimator(w2d, lambda v: t.clone(), -1.0, 1.0, self.estimator)
+        return q * scale.unsqueeze(1) if self.scale else q
+
+    @torch.no_grad()
+    def encode(self, w2d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t, scale = self._ternarize(w2d)
+        codes = (t + 1.0).to(torch.uint8)
+        return codes, ({"scale": scale} if self.scale else {})
+
+    def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = codes.to(torch.float32) - 1.0
+        return t * params["scale"].unsqueeze(1) if self.scale else t
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "estimator": self.estimator, "scale": self.scale,
+                "gap": self.gap}
+
+    def extra_repr(self) -> str:
+        return f"estimator={self.estimator!r}, scale={self.scale}, gap={self.gap}"
+
+
+def _ternary(v: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(v, -1.0, 1.0).round_()
+
+
+@ACT_QUANTIZERS.register("ternary")
+class TernaryAct(ActQuantizer):
+    """Ternary activations {-1, 0, +1}: thresholds at +-0.5 after clipping to [-1, 1]."""
+
+    kind = "ternary"
+
+    def __init__(self, estimator: str = "saturate_ste") -> None:
+        super().__init__()
+        self.estimator = estimator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize_with_estimator(x, _ternary, -1.0, 1.0, self.estimator)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "estimator": self.estimator}

@@ -1,12 +1,13 @@
 # The README's commands. Each creates .venv through scripts/install.sh on first use.
-#   make reproduce   the main job: a quick CPU reproduction (float NIN on CIFAR-10 for now)
+#   make reproduce   the main job: every results table, quick profile, on the CPU
 #   make test        the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Data root: $NETSHRINK_DATA, else ../shared/datasets beside the checkout, else the user cache
 # (downloaded there with checksum checks when absent).
 DATA_DIR ?= $(or $(NETSHRINK_DATA),$(wildcard ../shared/datasets),$(HOME)/.cache/netshrink/data)
-RUN_DIR ?= runs/reproduce
+RESULTS ?= results
+RUNS ?= runs
 PYTEST_ARGS ?=
 
 .PHONY: install test reproduce clean
@@ -21,8 +22,8 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 reproduce: install
-	$(VENV)/bin/bench train --model nin --dataset cifar10 --width 0.5 --epochs 4 --lr 0.05 \
-	  --data-dir "$(DATA_DIR)" --download --resume --out $(RUN_DIR)/nin-float
+	$(VENV)/bin/bench reproduce --table all --profile quick --data-dir "$(DATA_DIR)" --download \
+	  --results "$(RESULTS)" --runs "$(RUNS)"
 
 clean:
 	rm -rf $(VENV) runs results .pytest_cache

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build the CPU and GPU images with podman from an offline base image, run the CPU image on a
-# one-epoch training run with the shared datasets mounted read-only, check that its results
-# reach the mounted results volume, and run the GPU image's CLI on the CPU (CI has no GPU).
+# Build the CPU and GPU images with podman from an offline base image, run the CPU image on the
+# smoke table with the shared datasets mounted read-only, check that its results reach the
+# mounted results volume, and run the GPU image's CLI on the CPU (CI has no GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${NETSHRINK_DATA:?set NETSHRINK_DATA to the datasets folder}"
@@ -40,11 +40,12 @@ mkdir -p "$work/results" "$work/runs"
 chmod 777 "$work/results" "$work/runs"
 t=$SECONDS
 podman_ run --rm --network=none -v "$data:/data:ro" -v "$work/results:/results" \
-  -v "$work/runs:/runs" netshrink:cpu train --model nin --width 0.25 --dataset cifar10 \
-  --epochs 1 --no-progress --out /results/ci-smoke
-echo "CPU container ran in $((SECONDS - t)) s; its results file:"
-test -s "$work/results/ci-smoke/summary.json" || { echo "no results in the volume" >&2; exit 1; }
-python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print({k: s[k] for k in ('model','dataset','test_accuracy','gmacs','mparams','device','torch')})" "$work/results/ci-smoke/summary.json"
+  -v "$work/runs:/runs" netshrink:cpu reproduce --table smoke --profile smoke --device cpu \
+  --no-progress --results /results --runs /runs
+echo "CPU container ran the smoke table in $((SECONDS - t)) s; results in the mounted volume:"
+ls "$work/results/smoke"
+test -s "$work/results/smoke/nin-float.json" || { echo "no results in the volume" >&2; exit 1; }
+python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print({k: r[k] for k in ('table','row','profile','device','torch')}, r['metrics'])" "$work/results/smoke/nin-float.json"
 podman_ run --rm --network=none netshrink:gpu --help | head -n 12
 echo "GPU image: CLI runs (its training run needs a GPU, which CI does not have)"
 rm -rf "$work"

@@ -29,7 +29,7 @@ VOLUME ["/data", "/results", "/runs"]
 USER netshrink
 WORKDIR /home/netshrink
 ENTRYPOINT ["bench"]
-# Until `bench reproduce` lands (issue 6), the default job is the quick float NIN run that
-# `make reproduce` runs; its run folder goes to the /runs volume.
-CMD ["train", "--model", "nin", "--dataset", "cifar10", "--width", "0.5", "--epochs", "4", \
-     "--lr", "0.05", "--download", "--resume", "--out", "/runs/reproduce/nin-float"]
+# The default job is `make reproduce`'s: every table at the quick profile. Results and runs go
+# to the volumes; a rerun with the same volumes continues where the last one stopped.
+CMD ["reproduce", "--table", "all", "--profile", "quick", "--download", \
+     "--results", "/results", "--runs", "/runs"]

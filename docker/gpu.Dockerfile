@@ -30,5 +30,6 @@ VOLUME ["/data", "/results", "/runs"]
 USER netshrink
 WORKDIR /home/netshrink
 ENTRYPOINT ["bench"]
-CMD ["train", "--model", "nin", "--dataset", "cifar10", "--epochs", "30", "--device", "cuda", \
-     "--download", "--resume", "--out", "/runs/nin-float"]
+# The default job: every table at the published (full) schedule on the GPU.
+CMD ["reproduce", "--table", "all", "--profile", "full", "--device", "cuda", "--download", \
+     "--results", "/results", "--runs", "/runs"]

@@ -57,10 +57,11 @@ def reproduce(
         root = resolve_data_root(data_dir)
         for spec in chosen:
             wanted = spec.closure(rows.split(",")) if rows else list(spec.rows)
-            if download and env.is_main:
-                load_table_data(spec, settings, root, download=True)
+            if env.is_main:  # rank 0 downloads (if asked) before the others read
+                train, test = load_table_data(spec, settings, root, download=download)
             env.barrier()
-            train, test = load_table_data(spec, settings, root)
+            if not env.is_main:
+                train, test = load_table_data(spec, settings, root)
             ctx = RunContext(table=spec, profile=settings, env=env, results_dir=results,
                              runs_dir=runs, train_data=train, test_data=test,
                              show_progress=progress and env.is_main)

@@ -156,3 +156,22 @@ def test_channels_last_trains_to_the_same_weights(tmp_path: Path):
     # other conv kernels round differently; over 5 SGD steps that stays below 2e-3
     for name, value in plain.model.state_dict().items():
         torch.testing.assert_close(cl.model.state_dict()[name], value, rtol=0, atol=2e-3)
+
+
+def test_recalibrate_bn_averages_batch_statistics_and_keeps_weights():
+    from netshrink.bench.data import DeviceLoader
+    from netshrink.bench.engine import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.01))
+    weights = model[0].weight.clone()
+    loader = DeviceLoader(TRAIN, 32, device="cpu", train=False)
+    means = []
+    for i, (x, _) in enumerate(loader):
+        if i == 3:
+            break
+        means.append(model[0](x).mean(dim=(0, 2, 3)).detach())
+    assert recalibrate_bn(model, loader, 3) == 1
+    torch.testing.assert_close(model[1].running_mean, torch.stack(means).mean(0))
+    assert model[1].momentum == 0.01 and torch.equal(model[0].weight, weights)
+    assert int(model[1].num_batches_tracked) == 3

@@ -10,8 +10,10 @@ from netshrink.bench.engine.trainer import (
     Trainer,
     TrainResult,
     evaluate,
+    recalibrate_bn,
     write_summary,
 )
 
 __all__ = ["ConfigMismatchError", "DistEnv", "EpochRecord", "TrainConfig", "TrainResult",
-           "Trainer", "checkpoint_path", "evaluate", "latest_checkpoint", "lr_at", "write_summary"]
+           "Trainer", "checkpoint_path", "evaluate", "latest_checkpoint", "lr_at", "recalibrate_bn",
+           "write_summary"]

@@ -33,6 +33,10 @@ class TrainConfig:
     compile: bool = False
     sync_bn: bool = False  # SyncBatchNorm under DDP: statistics over the global batch
     keep_checkpoints: int = 3  # per-epoch checkpoints kept in the run folder (newest)
+    # Re-estimate BN running statistics over this many training batches after the last epoch
+    # (cumulative average, weights untouched). Quantized nets shift their activation
+    # statistics during QAT; with few steps or a low BN momentum the running estimates lag.
+    recalibrate_bn: int = 0
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, min_value=1)
@@ -52,6 +56,7 @@ class TrainConfig:
         check_int("seed", self.seed, min_value=0)
         check_choice("amp", self.amp, AMP_MODES)
         check_int("keep_checkpoints", self.keep_checkpoints, min_value=1)
+        check_int("recalibrate_bn", self.recalibrate_bn, min_value=0)
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)

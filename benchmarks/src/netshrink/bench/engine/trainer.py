@@ -209,6 +209,8 @@ class Trainer:
                         writer.add_scalar("train/lr", lr, self.step)
                 bar.advance(task)
         seconds = time.perf_counter() - start
+        if epoch + 1 == cfg.epochs and cfg.recalibrate_bn:
+            recalibrate_bn(self.model, self.train_loader, cfg.recalibrate_bn, self.autocast)
         self._average_buffers()
         for stage in self.stages:
             stage.after_epoch(self.model, epoch, cfg.epochs)
@@ -301,6 +303,33 @@ class Trainer:
         self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
                                      purge_step=self.step if self.step else None)
         return self._writer
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: DeviceLoader, batches: int,
+                   autocast: contextlib.AbstractContextManager | None = None) -> int:
+    """Reset every BatchNorm's running statistics and re-estimate them as the plain average
+    over ``batches`` training batches (momentum None), without touching any weight. Returns
+    the number of BatchNorms recalibrated."""
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    try:
+        for i, (x, _) in enumerate(loader):
+            if i >= batches:
+                break
+            with autocast or contextlib.nullcontext():
+                model(x)
+    finally:
+        for m, momentum in zip(bns, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(bns)
 
 
 @torch.no_grad()

@@ -132,7 +132,8 @@ def _run_row(ctx: RunContext, row: Row, h: str) -> dict[str, Any]:
         config = TrainConfig(epochs=epochs, batch_size=row.schedule.batch_size,
                              optimizer=row.schedule.optimizer, lr=row.schedule.lr,
                              weight_decay=row.schedule.weight_decay,
-                             schedule=row.schedule.schedule, seed=ctx.seed)
+                             schedule=row.schedule.schedule, seed=ctx.seed,
+                             recalibrate_bn=row.schedule.recalibrate_bn)
         trainer = Trainer(model, ctx.train_data, ctx.test_data, config, run_dir, env=env,
                           stages=stages, meta=meta, show_progress=ctx.show_progress)
         result = trainer.fit(resume=True)

@@ -27,6 +27,7 @@ class Schedule:
     weight_decay: float = 5e-4
     batch_size: int = 128
     schedule: str = "cosine"
+    recalibrate_bn: int = 0  # batches to re-estimate BN statistics over after training
 
     def __post_init__(self) -> None:
         for profile in PROFILES:

@@ -39,6 +39,7 @@ from netshrink.core import (
     load_checkpoint,
     restore_optimizer_state,
     save_checkpoint,
+    write_text_atomic,
 )
 
 
@@ -416,6 +417,4 @@ def _progress(show: bool, description: str, total: int):
 
 def write_summary(path: Path, payload: dict[str, Any]) -> None:
     """Write a JSON file atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+
+from netshrink.core.atomic import save_safetensors_atomic
 
 FORMAT = "netshrink-checkpoint"
 FORMAT_VERSION = 1
@@ -56,25 +57,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module | dict[str, t
     _dedupe_shared(tensors)
     record = {**(meta or {}), "format": FORMAT, "version": FORMAT_VERSION}
     header = {_META_KEY: json.dumps(record, sort_keys=True)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return save_safetensors_atomic(path, tensors, metadata=header)
 
 
 def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> None:

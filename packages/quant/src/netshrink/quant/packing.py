@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import fx, nn
 
+from netshrink.core import save_safetensors_atomic
 from netshrink.quant.bitpack import pack_codes, packed_nbytes, unpack_codes
 from netshrink.quant.layers import QUANT_LAYERS, FrozenWeight
 from netshrink.quant.quantizers import weight_quantizer_from_spec
@@ -196,22 +195,8 @@ def save_packed(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     tensors = blobs.tensors()
     compressed = zlib.compress(text.encode(), level=9)
     tensors["structure"] = torch.frombuffer(bytearray(compressed), dtype=torch.uint8)
-    _write_atomic(path, tensors)
+    save_safetensors_atomic(path, tensors, metadata={"format": FORMAT})
     return path
-
-
-def _write_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

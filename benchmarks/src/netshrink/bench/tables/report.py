@@ -92,16 +92,15 @@ def plot(results: dict[str, dict[str, Any]], table: Table, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for row in table.rows:
+    fig, ax = plt.subplots(figsize=(11, 5), dpi=110)
+    markers = "osD^vP*Xph<>"
+    for i, row in enumerate(table.rows):
         r = results.get(row.name)
         if r is None:
             continue
-        size = r["metrics"]["size_bytes"] / 1e6
-        acc = 100 * r["metrics"]["accuracy"]
-        ax.scatter(size, acc)
-        ax.annotate(row.label, (size, acc), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
+        ax.scatter(r["metrics"]["size_bytes"] / 1e6, 100 * r["metrics"]["accuracy"],
+                   marker=markers[i % len(markers)], s=40, label=row.label)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_xscale("log")
     ax.set_xlabel("packed size (MB, log scale)")
     ax.set_ylabel("test accuracy (%)")

@@ -46,6 +46,8 @@ echo "CPU container ran the smoke table in $((SECONDS - t)) s; results in the mo
 ls "$work/results/smoke"
 test -s "$work/results/smoke/nin-float.json" || { echo "no results in the volume" >&2; exit 1; }
 python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print({k: r[k] for k in ('table','row','profile','device','torch')}, r['metrics'])" "$work/results/smoke/nin-float.json"
-podman_ run --rm --network=none netshrink:gpu --help | head -n 12
+help_text="$(podman_ run --rm --network=none netshrink:gpu --help)"  # no pipe: podman fails on EPIPE
+echo "$help_text"
+grep -q "reproduce" <<<"$help_text" || { echo "GPU image: bench --help lacks 'reproduce'" >&2; exit 1; }
 echo "GPU image: CLI runs (its training run needs a GPU, which CI does not have)"
 rm -rf "$work"

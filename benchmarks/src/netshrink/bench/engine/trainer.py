@@ -258,7 +258,7 @@ class Trainer:
             "history": [dataclasses.asdict(r) for r in self.history],
         }
         meta.setdefault("recipe", [s.describe() for s in self.stages])
-        save_checkpoint(path, _unwrap_state(self.model), meta=meta, extra=extra)
+        save_checkpoint(path, self.model, meta=meta, extra=extra)
         prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         self.env.barrier()
         return path
@@ -354,10 +354,6 @@ def evaluate(model: nn.Module, loader: DeviceLoader, env: DistEnv | None = None,
     loss_total, correct_total, n = env.all_reduce_sum(
         [loss_sum.item(), float(correct.item()), float(count)])
     return loss_total / max(n, 1), correct_total / max(n, 1)
-
-
-def _unwrap_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items()}
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -11,24 +11,12 @@ from torch import nn
 
 
 def packed_size(model: nn.Module, run_dir: Path) -> tuple[int, str]:
-    """Write the deployable file and return (its size in bytes, its name).
+    """Write the deployable file with ``netshrink.quant.save_packed`` (every quantized weight
+    at its real bit width, float models as float) and return (its size in bytes, its name)."""
+    from netshrink.quant import save_packed
 
-    Quantized and float models alike go through ``netshrink.quant.save_packed`` when the quant
-    package is installed (each weight at its real bit width); otherwise the float state dict
-    is written as safetensors.
-    """
-    try:
-        from netshrink.quant import save_packed
-    except ModuleNotFoundError:
-        save_packed = None
-    if save_packed is not None:
-        path = run_dir / "packed.safetensors"
-        save_packed(model, path)
-    else:
-        from safetensors.torch import save_file
-
-        path = run_dir / "float.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    path = run_dir / "packed.safetensors"
+    save_packed(model, path)
     return path.stat().st_size, path.name
 
 

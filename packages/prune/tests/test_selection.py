@@ -155,3 +155,50 @@ def test_config_rejects_bad_values(field, value, match):
         ChannelPruneConfig(**{field: value})
     with pytest.raises(ValueError, match="round_to=1 must be at least 2 in regular mode"):
         ChannelPruneConfig(mode="regular")
+
+
+# -- macs_target: the amount searched for a MACs budget --------------------------------------
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+@pytest.mark.parametrize(("criterion", "mode", "scope"), [
+    ("bn_gamma", "normal", "global"), ("l1", "normal", "per_layer"),
+    ("fpgm", "regular", "per_layer"),
+])
+def test_macs_target_lands_just_under_the_target(target, criterion, mode, scope, randomize_bn):
+    model = randomize_bn(_chain((3, 40, 32, 24, 5))).eval()
+    config = ChannelPruneConfig(criterion=criterion, macs_target=target, mode=mode, scope=scope,
+                                round_to=4 if mode == "regular" else 1)
+    before = ModelStats.measure(model, X).macs
+    pruned = prune_channels(model, X, config)
+    ratio = ModelStats.measure(pruned, X).macs / before
+    assert ratio <= target
+    # the search takes the largest feasible model: one more step of amount would go far lower
+    assert ratio > target - (0.12 if mode == "regular" else 0.06)
+
+
+def test_macs_target_gives_criteria_the_same_cost_on_resnet(randomize_bn):
+    models = pytest.importorskip("netshrink.models")
+    model = randomize_bn(models.create_model("resnet18_cifar", width=0.25)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    before = ModelStats.measure(model, x).macs
+    ratios = {}
+    for criterion in ("bn_gamma", "l1", "random"):
+        config = ChannelPruneConfig(criterion=criterion, macs_target=0.5, scope="per_layer")
+        ratios[criterion] = ModelStats.measure(prune_channels(model, x, config), x).macs / before
+    assert all(0.47 < r <= 0.5 for r in ratios.values()), ratios
+
+
+def test_macs_target_and_amount_are_exclusive_and_validated():
+    with pytest.raises(ValueError, match="amount=0.3 and macs_target=0.5 were both given"):
+        ChannelPruneConfig(amount=0.3, macs_target=0.5)
+    with pytest.raises(ValueError, match="macs_target=0"):
+        ChannelPruneConfig(macs_target=0.0)
+    with pytest.raises(ValueError, match="macs_target=1.5"):
+        ChannelPruneConfig(macs_target=1.5)
+    assert ChannelPruneConfig().amount == 0.5
+
+
+def test_unreachable_macs_target_says_what_is_reachable(randomize_bn):
+    model = randomize_bn(_chain()).eval()
+    with pytest.raises(ValueError, match=r"macs_target=0.001 cannot be reached.*leaves 0\.\d+"):
+        prune_channels(model, X, ChannelPruneConfig(macs_target=0.001))

@@ -22,13 +22,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from netshrink.core import Stage, check_choice, check_float, check_int, register_stage
+from netshrink.core import (
+    Stage,
+    check_choice,
+    check_float,
+    check_int,
+    count_macs,
+    register_stage,
+)
 from netshrink.prune.criteria import CriterionContext, list_criteria, score_classes
 from netshrink.prune.graph import DependencyGraph
 from netshrink.prune.planning import ChannelPlan, PlanViolation, make_plan
@@ -36,6 +43,9 @@ from netshrink.prune.selection import select_dropped
 from netshrink.prune.surgery import apply_plan, apply_structure, channel_structure
 
 SCOPES: tuple[str, ...] = ("global", "per_layer")
+DEFAULT_AMOUNT = 0.5
+#: Bisection steps of the ``macs_target`` search (the amount is found to within 2**-12).
+MACS_SEARCH_STEPS = 12
 MODES: tuple[str, ...] = ("normal", "regular", "group")
 
 
@@ -44,7 +54,11 @@ class ChannelPruneConfig:
     """How to prune channels.
 
     ``criterion``: a registered criterion (``list_criteria()``). ``amount``: fraction of the
-    prunable channels to remove, in [0, 1]. ``scope``: ``"global"`` (one threshold across
+    prunable channels to remove, in [0, 1] (default 0.5). ``macs_target``: instead of an
+    amount, the fraction of the model's MACs (on the example input) to keep, in (0, 1]: the
+    amount is then searched (bisection) for the pruned model with the most MACs not above the
+    target, so criteria and modes can be compared at the same cost; give one or the other.
+    ``scope``: ``"global"`` (one threshold across
     layers, as network slimming) or ``"per_layer"``. ``mode``: ``"normal"`` (exact fraction),
     ``"regular"`` (kept counts rounded to multiples of ``round_to`` >= 2) or ``"group"`` (also
     prune grouped convs / shuffles / chunks, each group losing the same count).
@@ -54,7 +68,8 @@ class ChannelPruneConfig:
     """
 
     criterion: str = "bn_gamma"
-    amount: float = 0.5
+    amount: float | None = None
+    macs_target: float | None = None
     scope: str = "global"
     mode: str = "normal"
     round_to: int = 1
@@ -65,7 +80,16 @@ class ChannelPruneConfig:
 
     def __post_init__(self) -> None:
         check_choice("criterion", self.criterion, list_criteria())
-        check_float("amount", self.amount, min_value=0.0, max_value=1.0)
+        if self.macs_target is None:
+            if self.amount is None:
+                object.__setattr__(self, "amount", DEFAULT_AMOUNT)
+            check_float("amount", self.amount, min_value=0.0, max_value=1.0)
+        else:
+            if self.amount is not None:
+                raise ValueError(f"amount={self.amount!r} and macs_target={self.macs_target!r} "
+                                 "were both given; give one of them")
+            check_float("macs_target", self.macs_target, min_value=0.0, max_value=1.0,
+                        min_exclusive=True)
         check_choice("scope", self.scope, SCOPES)
         check_choice("mode", self.mode, MODES)
         check_int("round_to", self.round_to, min_value=1)
@@ -90,17 +114,59 @@ def plan_channels(model: nn.Module, example_input: torch.Tensor, config: Channel
     context = CriterionContext(model, graph, data, config.max_batches, config.seed)
     scores = score_classes(config.criterion, context)
     pinned = ignored_classes(graph, config.ignored_layers)
-    while True:
-        dropped = select_dropped(graph, scores, amount=config.amount, scope=config.scope,
-                                 mode=config.mode, round_to=config.round_to,
-                                 min_channels=config.min_channels, pinned=pinned)
-        try:
-            return make_plan(graph, dropped)
-        except PlanViolation as violation:
-            if not (violation.classes & dropped):
-                raise RuntimeError(f"pruning {type(model).__name__} failed at node "
-                                   f"{violation}") from violation
-            pinned = pinned | violation.classes  # keep them and select again
+
+    def plan_for(amount: float) -> ChannelPlan:
+        nonlocal pinned
+        while True:
+            dropped = select_dropped(graph, scores, amount=amount, scope=config.scope,
+                                     mode=config.mode, round_to=config.round_to,
+                                     min_channels=config.min_channels, pinned=pinned)
+            try:
+                return make_plan(graph, dropped)
+            except PlanViolation as violation:
+                if not (violation.classes & dropped):
+                    raise RuntimeError(f"pruning {type(model).__name__} failed at node "
+                                       f"{violation}") from violation
+                pinned = pinned | violation.classes  # keep them and select again
+
+    if config.macs_target is None:
+        return plan_for(config.amount)
+    return _search_macs(model, example_input, config.macs_target, plan_for)
+
+
+def _search_macs(model: nn.Module, example_input: torch.Tensor, target: float,
+                 plan_for: Callable[[float], ChannelPlan]) -> ChannelPlan:
+    """Bisection on the amount: the plan with the most MACs not above ``target`` x the
+    original's. MACs fall as the amount grows except for rounding (regular / group modes), so
+    every plan tried is kept and the best feasible one wins."""
+    original = count_macs(model, example_input)
+    limit = target * original
+    best: tuple[int, ChannelPlan] | None = None
+    smallest: tuple[int, ChannelPlan] | None = None
+    lo, hi = 0.0, 1.0
+    for _ in range(MACS_SEARCH_STEPS):
+        mid = (lo + hi) / 2
+        plan = plan_for(mid)
+        macs = count_macs(apply_plan(copy.deepcopy(model), plan), example_input)
+        if smallest is None or macs < smallest[0]:
+            smallest = (macs, plan)
+        if macs <= limit:
+            hi = mid
+            if best is None or macs > best[0]:
+                best = (macs, plan)
+        else:
+            lo = mid
+    if best is None:
+        plan = plan_for(1.0)
+        macs = count_macs(apply_plan(copy.deepcopy(model), plan), example_input)
+        if macs > limit:
+            assert smallest is not None
+            raise ValueError(
+                f"macs_target={target!r} cannot be reached: pruning every prunable channel "
+                f"(down to min_channels) leaves {min(macs, smallest[0]) / original:.3f} of the "
+                f"{original:,} MACs; allowed: a target of at least that")
+        best = (macs, plan)
+    return best[1]
 
 
 def ignored_classes(graph: DependencyGraph, patterns: Iterable[str]) -> frozenset[int]:

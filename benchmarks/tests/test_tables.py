@@ -150,3 +150,121 @@ def test_check_cli_exit_codes(finished: Path, tmp_path: Path, monkeypatch):
     base.write_text(json.dumps(record))
     bad = runner.invoke(app, args)
     assert bad.exit_code == 1 and "REGRESSION" in bad.output and "float: accuracy" in bad.output
+
+
+# -- the bits and prune tables, per-table profiles, grids, accuracy before training ----------
+
+def test_bits_table_covers_every_weight_activation_pair_once():
+    from netshrink.bench.tables.bits import ACTIVATIONS, WEIGHTS
+
+    bits = TABLES.get("bits")
+    cells = {r.cell: r for r in bits.rows if r.cell is not None}
+    assert set(cells) == {(str(w), str(a)) for w in WEIGHTS for a in ACTIVATIONS}
+    assert len(cells) == 30
+    for (w, a), row in cells.items():
+        if (w, a) == ("32", "32"):
+            assert row.name == bits.baseline and not row.stages
+            continue
+        config = row.stages[0]["config"]
+        assert (str(config["w"]), str(config["a"])) == (w, a)
+        # binary activations start from the bacp-order float model (BN before the sign)
+        assert row.upstream == ("nin-bacp-float" if a == "binary" else "nin-float")
+        assert row.schedule.recalibrate_bn > 0
+
+
+def test_prune_table_compares_every_criterion_and_mode_at_one_macs_target():
+    table = TABLES.get("prune")
+    configs = [r.stages[0]["config"]["prune"] for r in table.rows if r.stages]
+    pairs = {(c["criterion"], c["mode"]) for c in configs}
+    assert pairs == {(c, m) for c in ("bn_gamma", "l1", "l2", "fpgm", "taylor", "random")
+                     for m in ("normal", "regular")}
+    assert {c["macs_target"] for c in configs} == {0.5}
+    assert all("amount" not in c for c in configs)
+    assert all(c.get("round_to") == 8 for c in configs if c["mode"] == "regular")
+    assert all(r.latency for r in table.rows) and table.before_training
+
+
+def test_tables_may_replace_a_profile():
+    from netshrink.bench.tables import Profile
+
+    assert TABLES.get("bits").profile("quick").width == 0.25
+    assert TABLES.get("micronet").profile("quick") == PROFILE_SETTINGS["quick"]
+    assert TABLES.get("bits").profile("full") == PROFILE_SETTINGS["full"]
+    with pytest.raises(ValueError, match="'fast'"):
+        Table(name="t", title="t", baseline="a", rows=(Row("a", "a"),),
+              profiles=(Profile("fast", width=1.0),))
+    with pytest.raises(ValueError, match="profile='medium'"):
+        TABLES.get("bits").profile("medium")
+
+
+def test_grid_cells_are_validated():
+    with pytest.raises(ValueError, match="same grid cell"):
+        Table(name="t", title="t", baseline="a", grid=("W", "A"), rows=(
+            Row("a", "a", cell=("1", "2")), Row("b", "b", cell=("1", "2"))))
+    with pytest.raises(ValueError, match="names no grid axes"):
+        Table(name="t", title="t", baseline="a", rows=(Row("a", "a", cell=("1", "2")),))
+
+
+def _fake_result(acc: float, size: int) -> dict:
+    return {"metrics": {"accuracy": acc, "gmacs": 0.01, "params": 1000, "size_bytes": size},
+            "date": "2026-01-02T00:00:00", "profile": "quick", "device": "cpu",
+            "world_size": 1, "torch": "x", "dataset": {"name": "d", "train_images": 1,
+                                                       "test_images": 1}}
+
+
+def test_grid_markdown_puts_each_row_in_its_cell():
+    table = Table(name="g", title="G", baseline="f", grid=("W", "A"), rows=(
+        Row("f", "float", cell=("32", "32")), Row("b", "b", cell=("32", "bin")),
+        Row("c", "c", cell=("2", "32")), Row("extra", "not in the grid")))
+    results = {"f": _fake_result(0.5, 4_000_000), "b": _fake_result(0.25, 1_000_000),
+               "c": _fake_result(0.125, 250_000), "extra": _fake_result(0.1, 1)}
+    text = markdown(results, table)
+    assert "| W \\ A | 32 | bin |" in text
+    assert "| 32 | 50.00 (4.000 MB) | 25.00 (1.000 MB) |" in text
+    assert "| 2 | 12.50 (0.250 MB) | - |" in text  # a cell without a row shows '-'
+    assert "| not in the grid | 10.00 |" in text  # every row is still in the full table
+
+
+def test_before_training_accuracy_and_macs_target_end_to_end(tmp_path: Path):
+    from netshrink.bench.tables.recipes import prune
+
+    table = Table(name="toyprune", title="Toy prune", baseline="float", dataset="synthetic",
+                  before_training=True, rows=(
+                      TOY.rows[0],
+                      Row("pruned", "l1 to 60% MACs", upstream="float", schedule=ONE,
+                          stages=(prune("l1", macs_target=0.6, scope="per_layer"),),
+                          latency=True)))
+    results = run_table(_ctx(tmp_path, table), list(table.rows))
+    float_m, pruned_m = results[0]["metrics"], results[1]["metrics"]
+    assert "accuracy_before_training" not in float_m  # no stages before its training
+    before = pruned_m["accuracy_before_training"]
+    assert 0.0 <= before <= 1.0
+    assert 0.5 < pruned_m["macs"] / float_m["macs"] <= 0.6
+    assert set(pruned_m["latency_ms"]) == {"batch1", "batch64"}
+    line = next(x for x in markdown(load_results(tmp_path / "res", table), table).splitlines()
+                if x.startswith("| l1 to 60% MACs |"))
+    assert f"| {100 * before:.2f} |" in line
+
+
+def test_readme_has_a_block_for_every_published_table():
+    from netshrink.bench.tables.report import BEGIN, END
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name in TABLES.names():
+        if not TABLES.get(name).ci_only:
+            assert BEGIN.format(name=name) in readme and END.format(name=name) in readme, name
+
+
+@pytest.mark.parametrize("plot_x", ["size", "latency"])
+def test_plot_writes_a_png_on_either_axis(tmp_path: Path, plot_x: str):
+    from netshrink.bench.tables.report import plot
+
+    table = Table(name="p", title="P", baseline="f", plot_x=plot_x,
+                  rows=(Row("f", "float"), Row("g", "g")))
+    results = {"f": _fake_result(0.5, 4_000_000), "g": _fake_result(0.4, 1_000_000)}
+    for r, ms in zip(results.values(), (30.0, 12.0), strict=True):
+        r["metrics"]["latency_ms"] = {"batch1": 1.0, "batch64": ms}
+    path = plot(results, table, tmp_path / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    with pytest.raises(ValueError, match="plot_x='speed'"):
+        Table(name="p", title="P", baseline="f", plot_x="speed", rows=(Row("f", "float"),))

@@ -21,10 +21,13 @@ def slimming(s: float) -> dict[str, Any]:
     return {"kind": "prune.slimming", "config": {"s": s}}
 
 
-def prune(criterion: str, amount: float, **options: Any) -> dict[str, Any]:
-    """netshrink.prune channel pruning (physical surgery), e.g. mode='regular', round_to=8."""
-    return {"kind": "prune.channels",
-            "config": {"prune": {"criterion": criterion, "amount": amount, **options}}}
+def prune(criterion: str, amount: float | None = None, **options: Any) -> dict[str, Any]:
+    """netshrink.prune channel pruning (physical surgery) of ``amount`` of the channels or to a
+    ``macs_target``, e.g. mode='regular', round_to=8."""
+    config = {"criterion": criterion, **options}
+    if amount is not None:
+        config["amount"] = amount
+    return {"kind": "prune.channels", "config": {"prune": config}}
 
 
 def fuse() -> dict[str, Any]:

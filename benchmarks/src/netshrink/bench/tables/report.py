@@ -45,8 +45,11 @@ def markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
                 f"`bench reproduce --table {table.name}`._\n")
     extra = derived(results, table)
     latency = any("latency_ms" in r["metrics"] for r in results.values())
+    before = table.before_training
     head = ["row", "accuracy (%)", "loss vs float (pp)", "GMACs", "params (M)", "size (MB)",
             "compression"]
+    if before:
+        head.insert(2, "before fine-tuning (%)")
     if latency:
         head += ["latency b1 (ms)", "latency b64 (ms)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -59,6 +62,9 @@ def markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
                  f"{d['accuracy_loss_pp']:.2f}" if d else "-", f"{m['gmacs']:.4f}",
                  f"{m['params'] / 1e6:.3f}", f"{m['size_bytes'] / 1e6:.3f}",
                  f"{d['compression']:.1f}x" if d else "-"]
+        if before:
+            acc = m.get("accuracy_before_training")
+            cells.insert(2, "-" if acc is None else f"{100 * acc:.2f}")
         if latency:
             lat = m.get("latency_ms", {})
             cells += [f"{lat['batch1']:.2f}" if "batch1" in lat else "-",
@@ -67,13 +73,43 @@ def markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
     first = next(iter(results.values()))
     dates = sorted(r["date"][:10] for r in results.values())
     ds = first["dataset"]
-    note = (f"Profile `{first['profile']}`, device `{first['device']}` x{first['world_size']}, "
+    width = first.get("profile_settings", {}).get("width")
+    note = (f"Profile `{first['profile']}`" + (f" (model width x{width:g})" if width else "")
+            + f", device `{first['device']}` x{first['world_size']}, "
             f"{ds['name']} {ds['train_images']} train / {ds['test_images']} test images, "
             f"torch {first['torch']}, produced {dates[0]}"
             + (f" to {dates[-1]}" if dates[-1] != dates[0] else "")
             + f" by `bench reproduce --table {table.name} --profile {first['profile']}`. "
             "Size is the packed file on disk.")
-    return f"**{table.title}**\n\n" + "\n".join(lines) + f"\n\n{note}\n"
+    body = "\n".join(lines) + "\n"
+    if table.grid is not None:
+        body = (_grid(results, table) + "\n<details><summary>every row: accuracy, GMACs, "
+                "params, size, compression</summary>\n\n" + body + "\n</details>\n")
+    return f"**{table.title}**\n\n" + body + f"\n{note}\n"
+
+
+def _grid(results: dict[str, dict[str, Any]], table: Table) -> str:
+    """Accuracy (%) and packed size (MB) laid out on the table's grid: one line per first
+    coordinate, one column per second, in the order the rows first use them."""
+    assert table.grid is not None
+    cells = {r.cell: r.name for r in table.rows if r.cell is not None}
+    lines_, columns = _ordered([c[0] for c in cells]), _ordered([c[1] for c in cells])
+    head = [f"{table.grid[0]} \\ {table.grid[1]}", *columns]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for line in lines_:
+        row_cells = [line]
+        for col in columns:
+            r = results.get(cells.get((line, col), ""))
+            row_cells.append("-" if r is None else
+                             f"{100 * r['metrics']['accuracy']:.2f} "
+                             f"({r['metrics']['size_bytes'] / 1e6:.3f} MB)")
+        out.append("| " + " | ".join(row_cells) + " |")
+    return ("Test accuracy (%) and packed size (MB) for each combination:\n\n"
+            + "\n".join(out) + "\n")
+
+
+def _ordered(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
 
 
 def replace_block(text: str, name: str, block: str) -> str:
@@ -86,23 +122,33 @@ def replace_block(text: str, name: str, block: str) -> str:
 
 
 def plot(results: dict[str, dict[str, Any]], table: Table, path: Path) -> Path:
-    """Accuracy against packed size (log scale) as a PNG."""
+    """Accuracy against packed size (log scale), or against CPU latency when the table says
+    ``plot_x="latency"``, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 5), dpi=110)
+    by_latency = table.plot_x == "latency"
+    fig, ax = plt.subplots(figsize=(11, 5 if len(results) < 24 else 7), dpi=110)
     markers = "osD^vP*Xph<>"
     for i, row in enumerate(table.rows):
         r = results.get(row.name)
         if r is None:
             continue
-        ax.scatter(r["metrics"]["size_bytes"] / 1e6, 100 * r["metrics"]["accuracy"],
-                   marker=markers[i % len(markers)], s=40, label=row.label)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    ax.set_xscale("log")
-    ax.set_xlabel("packed size (MB, log scale)")
+        m = r["metrics"]
+        if by_latency and "batch64" not in m.get("latency_ms", {}):
+            continue
+        x = m["latency_ms"]["batch64"] if by_latency else m["size_bytes"] / 1e6
+        ax.scatter(x, 100 * m["accuracy"], marker=markers[i % len(markers)], s=40,
+                   label=row.label)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
+              ncol=1 if len(results) < 24 else 2)
+    if by_latency:
+        ax.set_xlabel("CPU latency, batch 64 (ms)")
+    else:
+        ax.set_xscale("log")
+        ax.set_xlabel("packed size (MB, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(table.title)
     ax.grid(True, alpha=0.3)

@@ -128,22 +128,25 @@ def _run_row(ctx: RunContext, row: Row, h: str) -> dict[str, Any]:
     epochs = row.schedule.epochs[ctx.profile.name]
     history: list[dict[str, Any]] = []
     meta = {"model": model.netshrink_spec, "recipe": recipe}
+    before: float | None = None
+    if epochs > 0 and row.stages and ctx.table.before_training:  # right after the stages
+        before = evaluate(model.to(env.device).eval(), _test_loader(ctx), env)[1]
+        model.train()
     if epochs > 0:
         config = TrainConfig(epochs=epochs, batch_size=row.schedule.batch_size,
                              optimizer=row.schedule.optimizer, lr=row.schedule.lr,
                              weight_decay=row.schedule.weight_decay,
                              schedule=row.schedule.schedule, seed=ctx.seed,
-                             recalibrate_bn=row.schedule.recalibrate_bn)
+                             recalibrate_bn=row.schedule.recalibrate_bn,
+                             channels_last=ctx.profile.channels_last)
         trainer = Trainer(model, ctx.train_data, ctx.test_data, config, run_dir, env=env,
                           stages=stages, meta=meta, show_progress=ctx.show_progress)
         result = trainer.fit(resume=True)
         model = trainer.model
         history = [dataclasses.asdict(r) for r in result.history]
         recipe = upstream_recipe + [s.describe() for s in stages]  # stages may record more
-    model = model.to(env.device).eval()
-    loader = DeviceLoader(ctx.test_data, 256, device=env.device, train=False, rank=env.rank,
-                          world_size=env.world_size)
-    test_loss, accuracy = evaluate(model, loader, env)
+    model = model.to(device=env.device, memory_format=torch.contiguous_format).eval()
+    test_loss, accuracy = evaluate(model, _test_loader(ctx), env)
     if not env.is_main:
         return {}
     model = model.cpu()
@@ -155,11 +158,14 @@ def _run_row(ctx: RunContext, row: Row, h: str) -> dict[str, Any]:
         "macs": stats.macs, "gmacs": stats.gmacs, "float_bytes": stats.float_bytes,
         "packed_bytes": stats.packed_bytes, "size_bytes": size_bytes, "size_file": size_file,
     }
+    if before is not None:
+        metrics["accuracy_before_training"] = before
     if row.latency:
         metrics["latency_ms"] = measure_latency(model, tuple(example.shape[1:]))
     result = {
         "table": ctx.table.name, "row": row.name, "label": row.label,
-        "profile": ctx.profile.name, "spec_hash": h, "spec": row.record(ctx.profile.name),
+        "profile": ctx.profile.name, "profile_settings": dataclasses.asdict(ctx.profile),
+        "spec_hash": h, "spec": row.record(ctx.profile.name),
         "recipe": recipe, "metrics": metrics, "history": history,
         "dataset": {"name": ctx.table.dataset, "train_images": len(ctx.train_data),
                     "test_images": len(ctx.test_data)},
@@ -172,6 +178,12 @@ def _run_row(ctx: RunContext, row: Row, h: str) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_summary(path, result)
     return result
+
+
+def _test_loader(ctx: RunContext) -> DeviceLoader:
+    env = ctx.env
+    return DeviceLoader(ctx.test_data, 256, device=env.device, train=False, rank=env.rank,
+                        world_size=env.world_size)
 
 
 def _starting_model(ctx: RunContext, row: Row) -> tuple[nn.Module, list[dict[str, Any]]]:

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from netshrink.bench.tables.profiles import PROFILE_SETTINGS, Profile
 from netshrink.core import Registry, check_choice, check_float, check_int
 
 PROFILES = ("full", "quick", "smoke")
@@ -54,9 +55,14 @@ class Row:
     schedule: Schedule = NO_TRAINING
     upstream: str | None = None
     latency: bool = False
+    cell: tuple[str, str] | None = None  # (row, column) of the table's grid, if it has one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
+        if self.cell is not None:
+            object.__setattr__(self, "cell", tuple(str(c) for c in self.cell))
+            if len(self.cell) != 2:
+                raise ValueError(f"row {self.name!r}: cell={self.cell!r} must be (row, column)")
         for stage in self.stages:
             if not isinstance(stage, dict) or "kind" not in stage:
                 raise ValueError(f"row {self.name!r}: stage {stage!r} must be a dict with 'kind'")
@@ -70,6 +76,7 @@ class Row:
         d["schedule"] = {**dataclasses.asdict(self.schedule),
                          "epochs": self.schedule.epochs[profile]}
         d.pop("label")
+        d.pop("cell")  # presentation only
         return d
 
 
@@ -81,17 +88,39 @@ class Table:
     baseline: str  # the float row that accuracy loss and compression compare against
     dataset: str = "cifar10"
     ci_only: bool = False  # not part of --table all (the smoke table)
+    profiles: tuple[Profile, ...] = ()  # this table's own settings for some profiles
+    grid: tuple[str, str] | None = None  # axis names when rows form a grid (``Row.cell``)
+    before_training: bool = False  # report the accuracy right after the stages, too
+    plot_x: str = "size"  # the plot's x axis: packed "size" or "latency" (batch 64)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "profiles", tuple(self.profiles))
+        check_choice("plot_x", self.plot_x, ("size", "latency"))
+        for p in self.profiles:
+            check_choice(f"table {self.name!r} profile", p.name, PROFILES)
         names = [r.name for r in self.rows]
         if len(set(names)) != len(names):
             raise ValueError(f"table {self.name!r} has duplicate row names")
         if self.baseline not in names:
             raise ValueError(f"table {self.name!r}: baseline {self.baseline!r} is not a row")
+        cells = [r.cell for r in self.rows if r.cell is not None]
+        if len(set(cells)) != len(cells):
+            raise ValueError(f"table {self.name!r} has two rows in the same grid cell")
+        if cells and self.grid is None:
+            raise ValueError(f"table {self.name!r}: rows have grid cells but the table names "
+                             "no grid axes (grid=(row axis, column axis))")
         for i, row in enumerate(self.rows):
             if row.upstream is not None and row.upstream not in names[:i]:
                 raise ValueError(f"table {self.name!r}: row {row.name!r} has upstream "
                                  f"{row.upstream!r}, which must be an earlier row")
+
+    def profile(self, name: str) -> Profile:
+        """The settings of profile ``name`` for this table."""
+        check_choice("profile", name, PROFILES)
+        for p in self.profiles:
+            if p.name == name:
+                return p
+        return PROFILE_SETTINGS[name]
 
     def row(self, name: str) -> Row:
         for r in self.rows:

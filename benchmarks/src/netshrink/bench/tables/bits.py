@@ -1,0 +1,61 @@
+"""Every weight x activation precision on nin: W in {32, 8, 4, 2, ternary, binary} x A in
+{32, 8, 4, 2, binary}, each row QAT fine-tuned from a trained float model.
+
+Binary activations need the bacp block order (BatchNorm before the sign, so the sign sees
+centred values, not ReLU outputs that are all non-negative), so the A-binary column starts from
+a float nin trained in that order and uses the binary tricks (low BN momentum, saturating STE);
+the other columns start from the usual cbap float nin. Binary and ternary weights use the low
+BN momentum too (and ternary a 0.05 gap). Every quantized row re-estimates its BN statistics
+after training. The quick profile trains this table at width 0.25 (30 rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from netshrink.bench.tables.profiles import Profile
+from netshrink.bench.tables.recipes import binary_tricks, quantize
+from netshrink.bench.tables.spec import Row, Schedule, Table, register_table
+
+FLOAT = Schedule(epochs={"full": 200, "quick": 4, "smoke": 2}, lr=0.1)
+QAT = Schedule(epochs={"full": 150, "quick": 2, "smoke": 1}, lr=0.02, recalibrate_bn=20)
+BINARY_QAT = Schedule(epochs={"full": 200, "quick": 2, "smoke": 1}, lr=1e-3, optimizer="adam",
+                      weight_decay=0.0, recalibrate_bn=20)
+
+WEIGHTS: tuple[int | str, ...] = (32, 8, 4, 2, "ternary", "binary")
+ACTIVATIONS: tuple[int | str, ...] = (32, 8, 4, 2, "binary")
+_SHORT = {"ternary": "tern", "binary": "bin"}
+
+
+def _short(p: int | str) -> str:
+    return _SHORT.get(p, str(p)) if isinstance(p, str) else str(p)
+
+
+def _row(w: int | str, a: int | str) -> Row:
+    options: dict[str, Any] = {}
+    if a == "binary":
+        options.update(binary_tricks())
+    elif w in ("ternary", "binary"):
+        options["bn_momentum"] = 0.01
+    if w == "ternary":
+        options["ternary_gap"] = 0.05
+    return Row(f"nin-w{_short(w)}-a{_short(a)}", f"nin, W {w} / A {a}",
+               upstream="nin-bacp-float" if a == "binary" else "nin-float",
+               stages=(quantize(w, a, **options),),
+               schedule=BINARY_QAT if a == "binary" else QAT, cell=(str(w), str(a)))
+
+
+BITS = register_table(Table(
+    name="bits",
+    title="CIFAR-10, nin: every weight x activation precision (QAT from float)",
+    baseline="nin-float",
+    grid=("W", "A"),
+    profiles=(Profile("quick", width=0.25, train_limit=5120, test_limit=2048),),
+    rows=(
+        Row("nin-float", "nin, float (W 32 / A 32)", model="nin", schedule=FLOAT,
+            cell=("32", "32")),
+        Row("nin-bacp-float", "nin bacp order, float (start of the A binary column)",
+            model="nin", model_kwargs={"block_order": "bacp"}, schedule=FLOAT),
+        *(_row(w, a) for w in WEIGHTS for a in ACTIVATIONS if (w, a) != (32, 32)),
+    ),
+))

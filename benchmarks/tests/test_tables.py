@@ -184,19 +184,6 @@ def test_prune_table_compares_every_criterion_and_mode_at_one_macs_target():
     assert all(r.latency for r in table.rows) and table.before_training
 
 
-def test_tables_may_replace_a_profile():
-    from netshrink.bench.tables import Profile
-
-    assert TABLES.get("bits").profile("quick").width == 0.25
-    assert TABLES.get("micronet").profile("quick") == PROFILE_SETTINGS["quick"]
-    assert TABLES.get("bits").profile("full") == PROFILE_SETTINGS["full"]
-    with pytest.raises(ValueError, match="'fast'"):
-        Table(name="t", title="t", baseline="a", rows=(Row("a", "a"),),
-              profiles=(Profile("fast", width=1.0),))
-    with pytest.raises(ValueError, match="profile='medium'"):
-        TABLES.get("bits").profile("medium")
-
-
 def test_grid_cells_are_validated():
     with pytest.raises(ValueError, match="same grid cell"):
         Table(name="t", title="t", baseline="a", grid=("W", "A"), rows=(

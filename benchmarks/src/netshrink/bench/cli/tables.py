@@ -11,7 +11,7 @@ from rich.console import Console
 
 from netshrink.bench.data import resolve_data_root
 from netshrink.bench.engine import DistEnv
-from netshrink.bench.tables import PROFILES, TABLES, Table
+from netshrink.bench.tables import PROFILE_SETTINGS, PROFILES, TABLES, Table
 from netshrink.bench.tables.check import baseline_record, compare, read_baseline
 from netshrink.bench.tables.report import load_results, markdown, plot, replace_block
 from netshrink.bench.tables.runner import RunContext, load_table_data, run_table
@@ -53,9 +53,9 @@ def reproduce(
     env = DistEnv.from_environment(device)
     console = Console()
     try:
+        settings = PROFILE_SETTINGS[profile]
         root = resolve_data_root(data_dir)
         for spec in chosen:
-            settings = spec.profile(profile)
             wanted = spec.closure(rows.split(",")) if rows else list(spec.rows)
             if env.is_main:  # rank 0 downloads (if asked) before the others read
                 train, test = load_table_data(spec, settings, root, download=download)

@@ -6,14 +6,13 @@ centred values, not ReLU outputs that are all non-negative), so the A-binary col
 a float nin trained in that order and uses the binary tricks (low BN momentum, saturating STE);
 the other columns start from the usual cbap float nin. Binary and ternary weights use the low
 BN momentum too (and ternary a 0.05 gap). Every quantized row re-estimates its BN statistics
-after training. The quick profile trains this table at width 0.25 (30 rows).
+after training.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from netshrink.bench.tables.profiles import Profile
 from netshrink.bench.tables.recipes import binary_tricks, quantize
 from netshrink.bench.tables.spec import Row, Schedule, Table, register_table
 
@@ -50,7 +49,6 @@ BITS = register_table(Table(
     title="CIFAR-10, nin: every weight x activation precision (QAT from float)",
     baseline="nin-float",
     grid=("W", "A"),
-    profiles=(Profile("quick", width=0.25, train_limit=5120, test_limit=2048),),
     rows=(
         Row("nin-float", "nin, float (W 32 / A 32)", model="nin", schedule=FLOAT,
             cell=("32", "32")),

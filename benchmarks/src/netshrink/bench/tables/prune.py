@@ -7,12 +7,11 @@ Every row uses per-layer scope: each group of tied layers loses its share, so in
 criteria give the same architecture and differ only in which channels they keep; regular mode
 rounds the counts. ``macs_target`` searches the amount that lands just under 50 % of the float
 model's MACs. The accuracy right after pruning (before fine-tuning) is reported too: it is where
-the criteria differ most. The quick profile trains this table at width 0.25.
+the criteria differ most.
 """
 
 from __future__ import annotations
 
-from netshrink.bench.tables.profiles import Profile
 from netshrink.bench.tables.recipes import prune
 from netshrink.bench.tables.spec import Row, Schedule, Table, register_table
 
@@ -38,7 +37,6 @@ PRUNE = register_table(Table(
     baseline="r18-float",
     before_training=True,
     plot_x="latency",
-    profiles=(Profile("quick", width=0.25, train_limit=5120, test_limit=2048),),
     rows=(
         Row("r18-float", "resnet18_cifar, float", model="resnet18_cifar", schedule=FLOAT,
             latency=True),

@@ -12,7 +12,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from netshrink.bench.tables.profiles import PROFILE_SETTINGS, Profile
 from netshrink.core import Registry, check_choice, check_float, check_int
 
 PROFILES = ("full", "quick", "smoke")
@@ -88,16 +87,12 @@ class Table:
     baseline: str  # the float row that accuracy loss and compression compare against
     dataset: str = "cifar10"
     ci_only: bool = False  # not part of --table all (the smoke table)
-    profiles: tuple[Profile, ...] = ()  # this table's own settings for some profiles
     grid: tuple[str, str] | None = None  # axis names when rows form a grid (``Row.cell``)
     before_training: bool = False  # report the accuracy right after the stages, too
     plot_x: str = "size"  # the plot's x axis: packed "size" or "latency" (batch 64)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "profiles", tuple(self.profiles))
         check_choice("plot_x", self.plot_x, ("size", "latency"))
-        for p in self.profiles:
-            check_choice(f"table {self.name!r} profile", p.name, PROFILES)
         names = [r.name for r in self.rows]
         if len(set(names)) != len(names):
             raise ValueError(f"table {self.name!r} has duplicate row names")
@@ -113,14 +108,6 @@ class Table:
             if row.upstream is not None and row.upstream not in names[:i]:
                 raise ValueError(f"table {self.name!r}: row {row.name!r} has upstream "
                                  f"{row.upstream!r}, which must be an earlier row")
-
-    def profile(self, name: str) -> Profile:
-        """The settings of profile ``name`` for this table."""
-        check_choice("profile", name, PROFILES)
-        for p in self.profiles:
-            if p.name == name:
-                return p
-        return PROFILE_SETTINGS[name]
 
     def row(self, name: str) -> Row:
         for r in self.rows:

@@ -139,7 +139,14 @@ def _search_macs(model: nn.Module, example_input: torch.Tensor, target: float,
     """Bisection on the amount: the plan with the most MACs not above ``target`` x the
     original's. MACs fall as the amount grows except for rounding (regular / group modes), so
     every plan tried is kept and the best feasible one wins."""
-    original = count_macs(model, example_input)
+    def macs_of(plan: ChannelPlan | None) -> int:
+        # on the meta device: shapes only, so no weights are copied and no conv is computed
+        meta = copy.deepcopy(model).to("meta")
+        if plan is not None:
+            apply_plan(meta, plan)
+        return count_macs(meta, example_input.to("meta"))
+
+    original = macs_of(None)
     limit = target * original
     best: tuple[int, ChannelPlan] | None = None
     smallest: tuple[int, ChannelPlan] | None = None
@@ -147,7 +154,7 @@ def _search_macs(model: nn.Module, example_input: torch.Tensor, target: float,
     for _ in range(MACS_SEARCH_STEPS):
         mid = (lo + hi) / 2
         plan = plan_for(mid)
-        macs = count_macs(apply_plan(copy.deepcopy(model), plan), example_input)
+        macs = macs_of(plan)
         if smallest is None or macs < smallest[0]:
             smallest = (macs, plan)
         if macs <= limit:
@@ -158,7 +165,7 @@ def _search_macs(model: nn.Module, example_input: torch.Tensor, target: float,
             lo = mid
     if best is None:
         plan = plan_for(1.0)
-        macs = count_macs(apply_plan(copy.deepcopy(model), plan), example_input)
+        macs = macs_of(plan)
         if macs > limit:
             assert smallest is not None
             raise ValueError(

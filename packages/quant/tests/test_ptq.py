@@ -7,10 +7,12 @@ from netshrink.quant import (
     AffineAct,
     AffineWeight,
     HalfWeight,
+    QuantConfig,
     calibrate,
     convert_fp16,
     load_packed,
     packed_size,
+    quantize,
     quantize_weights_uint8,
     quantized_layers,
     save_packed,
@@ -98,3 +100,94 @@ def test_weight_only_uint8_and_fp16(tmp_path, make_wide_cnn):
     assert packed_size(fp16).float_bytes >= 2 * n_weights
     for m in (uint8, fp16):
         assert torch.equal(load_packed(save_packed(m, tmp_path / "w.st"))(X), m(X))
+
+
+# calibrate on a model that is already quantized -------------------------------------------------
+def _int8_qat(make_small_cnn, steps: int = 3):
+    """A small int8 affine QAT model after a few training steps (observers have moved)."""
+    model = quantize(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine",
+                                                   first="same"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for b in BATCHES[:steps]:
+        opt.zero_grad()
+        model.train()(b).square().mean().backward()
+        opt.step()
+    return model
+
+
+def _not_ranges(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "input_quant" not in k}
+
+
+def _first_act(model):
+    return quantized_layers(model)[0][1].input_quant
+
+
+def test_calibrate_qat_model_remeasures_ranges_only(make_small_cnn):
+    model = _int8_qat(make_small_cnn)
+    before = _not_ranges(model)
+    new_data = [b * 3 + 1 for b in BATCHES]  # e.g. the data changed
+    assert calibrate(model, new_data) is model and not model.training
+    after = _not_ranges(model)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)  # weights, BN untouched
+    first = _first_act(model)
+    assert isinstance(first, AffineAct) and not first.observe_in_training and first.frozen
+    # the same kind of observer as in QAT (moving average, momentum 0.01), started afresh
+    # on the new data: the first batch sets the range, later ones move it by 1%
+    assert first.observer.spec() == {"observer": "moving_average", "momentum": 0.01}
+    lo, hi = torch.aminmax(new_data[0])
+    for b in new_data[1:]:
+        lo, hi = lo.lerp(b.min(), 0.01), hi.lerp(b.max(), 0.01)
+    assert first.observer.min_val.item() == pytest.approx(lo.item(), rel=1e-6)
+    assert first.observer.max_val.item() == pytest.approx(hi.item(), rel=1e-6)
+    assert int(first.observer.batches) == 4
+    calibrate(model, new_data, momentum=0.5)  # options alone: the same kind, new options
+    assert first.observer.spec() == {"observer": "moving_average", "momentum": 0.5}
+    calibrate(model, new_data, observer="minmax")  # another kind on request
+    assert first.observer.spec() == {"observer": "minmax"}
+    data = torch.cat(new_data)
+    assert (first.observer.min_val.item(), first.observer.max_val.item()) == \
+        (data.min().item(), data.max().item())
+    model.train()(X * 100)  # frozen afterwards: QAT forwards leave the new range alone
+    assert first.observer.max_val.item() == data.max().item()
+
+
+def test_calibrate_loaded_packed_and_calibrated_models(tmp_path, make_small_cnn):
+    model = _trained_like(make_small_cnn())
+    calibrate(model, BATCHES[:1], observer="minmax")
+    calibrate(model, BATCHES, observer="minmax")  # calibrating again measures all batches
+    data = torch.cat(BATCHES)
+    assert _first_act(model).observer.max_val.item() == data.max().item()
+    loaded = load_packed(save_packed(model.eval(), tmp_path / "c.safetensors"))
+    assert torch.equal(loaded(X), model(X))
+    codes = [m.weight_quant.codes.clone() for _, m in quantized_layers(loaded)]
+    calibrate(loaded, [b * 2 for b in BATCHES])
+    assert _first_act(loaded).observer.max_val.item() == 2 * data.max().item()
+    assert all(torch.equal(m.weight_quant.codes, c)
+               for (_, m), c in zip(quantized_layers(loaded), codes, strict=True))
+
+
+def test_calibrate_quantized_model_errors(make_small_cnn):
+    dorefa = quantize(make_small_cnn(), QuantConfig(w=4, a=4))
+    with pytest.raises(ValueError, match="layer '3' .* DoReFaAct \\('dorefa'\\), which has no "
+                                         "measured range; calibrate supports a float model"):
+        calibrate(dorefa, BATCHES)
+    pact = quantize(make_small_cnn(), QuantConfig(w=8, a=8, a_quantizer="pact"))
+    with pytest.raises(ValueError, match="PACTAct"):
+        calibrate(pact, BATCHES)
+    with pytest.raises(ValueError, match="no layer quantizes its input with an affine"):
+        calibrate(quantize_weights_uint8(make_small_cnn()), BATCHES)
+    model = _int8_qat(make_small_cnn)
+    with pytest.raises(ValueError, match="already quantized.*per_channel=False, bits=4.*leave "
+                                         "per_channel, bits at the default"):
+        calibrate(model, BATCHES, per_channel=False, bits=4)
+    with pytest.raises(ValueError, match="unknown observer 'kl'"):
+        calibrate(model, BATCHES, observer="kl")
+    first = _first_act(model)
+    observer, lo = first.observer, first.observer.min_val.clone()
+    with pytest.raises(ValueError, match="at least one batch"):
+        calibrate(model, [])
+    # a failed call leaves the model as it was: same observer, same range, still observing
+    assert first.observer is observer and torch.equal(first.observer.min_val, lo)
+    assert first.observe_in_training and not first.calibrating

@@ -310,11 +310,15 @@ class Trainer:
 def recalibrate_bn(model: nn.Module, loader: DeviceLoader, batches: int,
                    autocast: contextlib.AbstractContextManager | None = None) -> int:
     """Reset every BatchNorm's running statistics and re-estimate them as the plain average
-    over ``batches`` training batches (momentum None), without touching any weight. Returns
-    the number of BatchNorms recalibrated."""
+    over ``batches`` training batches (momentum None), without touching any weight. A
+    BatchNorm those forward passes do not update (unused, or frozen, as quant's folded conv-BN
+    after ``freeze_bn_stats``) keeps its statistics. Returns the number recalibrated."""
     bns = [m for m in model.modules()
            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in bns]
+    saved = [{k: v.clone() for k, v in m.state_dict().items() if k.startswith(("running_",
+                                                                               "num_batches"))}
+             for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
@@ -330,7 +334,11 @@ def recalibrate_bn(model: nn.Module, loader: DeviceLoader, batches: int,
         for m, momentum in zip(bns, momenta, strict=True):
             m.momentum = momentum
         model.train(was_training)
-    return len(bns)
+    untouched = [(m, old) for m, old in zip(bns, saved, strict=True)
+                 if int(m.num_batches_tracked) == 0]
+    for m, old in untouched:
+        m.load_state_dict(old, strict=False)
+    return len(bns) - len(untouched)
 
 
 @torch.no_grad()

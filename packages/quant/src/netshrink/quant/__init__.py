@@ -7,10 +7,11 @@ int8, and real bit-packed models. Depends on torch, safetensors and netshrink-co
     save_packed(model.eval(), "model.safetensors")   # 1.6 bits per ternary weight
     deployed = load_packed("model.safetensors")      # outputs bit-identical to model's
 
-Where things are: ``config`` (QuantConfig), ``quantizers/`` (``dorefa``, ``ternary``,
-``binary``, ``half``, ``int8_affine``), ``estimators`` (ste, saturate_ste, soft_ste),
-``observers`` (range observers), ``layers`` (quantized Conv2d / ConvTranspose2d / Linear),
-``conv_bn`` (Conv+BN folded for int8 QAT), ``quantize`` (quantize(), the recipe stage),
+Where things are: ``config`` (QuantConfig), ``quantizers/`` (``dorefa``, ``pact``, ``lsq``,
+``ternary``, ``binary``, ``half``, ``int8_affine``), ``estimators`` (ste, saturate_ste,
+soft_ste), ``observers`` (range observers), ``layers`` (quantized Conv2d / ConvTranspose2d /
+Linear), ``conv_bn`` (Conv+BN folded for int8 QAT), ``freeze`` (late-training BN statistics
+and observer freezes), ``quantize`` (quantize(), the recipe stage),
 ``ptq`` (calibrate, weight-only uint8 / fp16), ``bitpack`` and ``packing`` (packed files),
 ``structure`` (the model's fx graph as JSON).
 """
@@ -24,6 +25,7 @@ from netshrink.quant.bitpack import (
     unpack_trits,
 )
 from netshrink.quant.config import (
+    A_QUANTIZERS,
     ESTIMATOR_NAMES,
     LAYER_POLICIES,
     PRECISIONS,
@@ -33,6 +35,7 @@ from netshrink.quant.config import (
 )
 from netshrink.quant.conv_bn import QuantConvBn2d, find_conv_bn_pairs
 from netshrink.quant.estimators import ESTIMATORS, list_estimators, quantize_with_estimator
+from netshrink.quant.freeze import freeze_bn_stats, freeze_observers
 from netshrink.quant.layers import (
     QUANT_LAYERS,
     FrozenWeight,
@@ -60,7 +63,6 @@ from netshrink.quant.ptq import calibrate, convert_fp16, quantize_weights_uint8
 from netshrink.quant.quantize import (
     QuantizeStage,
     constrain_latent_weights,
-    freeze_observers,
     quantizable_layers,
     quantize,
     quantized_layers,
@@ -77,6 +79,8 @@ from netshrink.quant.quantizers import (
     DoReFaWeight,
     HalfAct,
     HalfWeight,
+    LSQAct,
+    PACTAct,
     TernaryAct,
     TernaryWeight,
     WeightQuantizer,
@@ -86,18 +90,18 @@ from netshrink.quant.quantizers import (
 from netshrink.quant.structure import StructureError
 
 __all__ = [
-    "ACT_QUANTIZERS", "ESTIMATORS", "ESTIMATOR_NAMES", "LAYER_POLICIES", "OBSERVERS",
-    "PRECISIONS", "QUANT_LAYERS", "SCHEMES", "WEIGHT_QUANTIZERS",
+    "A_QUANTIZERS", "ACT_QUANTIZERS", "ESTIMATORS", "ESTIMATOR_NAMES", "LAYER_POLICIES",
+    "OBSERVERS", "PRECISIONS", "QUANT_LAYERS", "SCHEMES", "WEIGHT_QUANTIZERS",
     "ActQuantizer", "AffineAct", "AffineWeight", "BinaryAct", "BinaryWeight", "DoReFaAct",
-    "DoReFaWeight", "FrozenWeight", "HalfAct", "HalfWeight", "MinMaxObserver",
-    "MovingAverageObserver", "Observer", "PackedFileError", "PackedSize", "PercentileObserver",
-    "Precision", "QuantConfig", "QuantConv2d", "QuantConvBn2d", "QuantConvTranspose2d",
-    "QuantLinear", "QuantizeStage", "StructureError", "TernaryAct", "TernaryWeight",
-    "WeightQuantizer",
+    "DoReFaWeight", "FrozenWeight", "HalfAct", "HalfWeight", "LSQAct", "MinMaxObserver",
+    "MovingAverageObserver", "Observer", "PACTAct", "PackedFileError", "PackedSize",
+    "PercentileObserver", "Precision", "QuantConfig", "QuantConv2d", "QuantConvBn2d",
+    "QuantConvTranspose2d", "QuantLinear", "QuantizeStage", "StructureError", "TernaryAct",
+    "TernaryWeight", "WeightQuantizer",
     "calibrate", "constrain_latent_weights", "convert_fp16", "find_conv_bn_pairs",
-    "freeze_observers", "list_act_quantizers", "list_estimators", "list_observers",
-    "list_weight_quantizers", "load_packed", "pack_bits", "pack_codes", "pack_trits",
-    "packed_size", "quantizable_layers", "quantize", "quantize_weights_uint8",
-    "quantize_with_estimator", "quantized_layers", "read_structure", "save_packed",
-    "unpack_bits", "unpack_codes", "unpack_trits",
+    "freeze_bn_stats", "freeze_observers", "list_act_quantizers", "list_estimators",
+    "list_observers", "list_weight_quantizers", "load_packed", "pack_bits", "pack_codes",
+    "pack_trits", "packed_size", "quantizable_layers", "quantize", "quantize_weights_uint8",
+    "quantize_with_estimator", "quantized_layers", "read_structure", "save_packed", "unpack_bits",
+    "unpack_codes", "unpack_trits",
 ]

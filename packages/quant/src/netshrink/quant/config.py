@@ -5,7 +5,8 @@ Every combination of weight precision ``w`` and activation precision ``a`` is le
 * ``32``: float, left untouched;
 * ``16``: rounded to float16 (weights stored as float16 when packed);
 * ``8``, ``4``, ``3``, ``2``: k-bit uniform (DoReFa): weights through tanh normalisation to
-  ``[-1, 1]``; activations clipped to ``[0, a_clip]``;
+  ``[-1, 1]``; activations clipped to ``[0, a_clip]`` (a fixed clip), or to a clip learned per
+  layer (``a_quantizer="pact"`` or ``"lsq"``);
 * ``"ternary"``: weights by TWN (per-output-channel threshold, optional scale, optional
   hysteresis gap); activations rounded to {-1, 0, +1} after clipping to ``[-1, 1]``;
 * ``"binary"``: weights ``sign`` (0 maps to +1) with an optional per-output-channel scale
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from netshrink.core import check_choice, check_float
+from netshrink.core import check_choice, check_float, check_int
 
 #: A precision: bits as an int, or "ternary" / "binary".
 Precision = int | Literal["ternary", "binary"]
@@ -33,6 +34,9 @@ SCHEMES: tuple[str, ...] = ("dorefa", "int8_affine")
 #: What happens to the first / last quantizable layer: stays float, becomes 8-bit, or is
 #: quantized like every other layer.
 LAYER_POLICIES: tuple[str, ...] = ("float", "8bit", "same")
+#: How k-bit activations find their range: "dorefa" (the fixed clip ``a_clip``), "pact" (a
+#: learned clip per layer) or "lsq" (a learned step size per layer).
+A_QUANTIZERS: tuple[str, ...] = ("dorefa", "pact", "lsq")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,23 @@ class QuantConfig:
     ``a_clip``: k-bit activations are clipped to ``[0, a_clip]`` (DoReFa uses 1.0) and then
     rounded to ``2**a - 1`` equal steps; nothing rescales the input first.
 
+    ``a_quantizer``: how k-bit activations get their range (every k-bit activation quantizer
+    the config creates, 8-bit first/last inputs included):
+
+    * ``"dorefa"`` (default): the fixed clip ``a_clip``;
+    * ``"pact"`` (Choi et al. 2018): a learnable clip ``alpha`` per layer (an ``nn.Parameter``
+      of the quantized layer, initialised to ``a_clip``); ``y = clip(x, 0, alpha)`` rounded to
+      ``2**a - 1`` steps over ``[0, alpha]``; ``alpha`` gets the upstream gradient wherever
+      ``x >= alpha`` (an L2 decay on it, as in the paper, is the optimizer's weight decay);
+    * ``"lsq"`` (Esser et al. 2020): a learnable step size ``s`` per layer, set on the first
+      training forward to ``2 mean|x| / sqrt(Qp)`` (``Qp = 2**a - 1``; ``a_clip / Qp`` until
+      then); ``y = round(clip(x / s, 0, Qp)) * s`` with LSQ's gradient for ``s`` scaled by
+      ``1 / sqrt(N Qp)``, ``N`` the number of input elements per example.
+
+    Both need k-bit ``a`` and ``scheme="dorefa"``, and bring their own gradient (zero outside
+    the clip range), so ``a_estimator`` must stay ``"saturate_ste"``. Build the optimizer after
+    ``quantize``, so it sees the new parameters.
+
     ``ternary_gap``: hysteresis for ternary weights, a fraction of the per-channel threshold
     ``D``: a weight becomes non-zero above ``D * (1 + gap)``, zero below ``D * (1 - gap)``,
     and keeps its state in between. 0 gives plain TWN.
@@ -64,6 +85,14 @@ class QuantConfig:
 
     ``scheme``: ``"dorefa"`` (default) or ``"int8_affine"`` (needs ``w == a == 8``; 8-bit
     first/last layers then use it too): see ``SCHEMES``.
+
+    ``freeze_bn_after`` / ``freeze_observers_after`` (``scheme="int8_affine"`` only): the
+    late-training freezes of Jacob et al. 2018. After this many epochs of QAT (counted from the
+    start of QAT; the ``"quant.quantize"`` stage applies them in ``after_epoch``), the
+    BatchNorms folded into the convs switch to their running statistics and stop updating them
+    (``freeze_bn_stats``), and the activation range observers stop updating scale and zero
+    point (``freeze_observers``). ``0`` freezes from the start (for observers this means the
+    ranges come only from ``calibrate``); ``None`` (default) never.
     """
 
     w: Precision
@@ -78,6 +107,9 @@ class QuantConfig:
     binary_scale: bool = True
     bn_momentum: float | None = None
     scheme: str = "dorefa"
+    a_quantizer: str = "dorefa"
+    freeze_bn_after: int | None = None
+    freeze_observers_after: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("w", self.w, PRECISIONS)
@@ -100,6 +132,28 @@ class QuantConfig:
         if self.scheme == "int8_affine" and (self.w, self.a) != (8, 8):
             raise ValueError(f"scheme='int8_affine' needs w=8 and a=8, got w={self.w!r}, "
                              f"a={self.a!r}")
+        check_choice("a_quantizer", self.a_quantizer, A_QUANTIZERS)
+        if self.a_quantizer != "dorefa":
+            if self.scheme != "dorefa" or self.a not in KBIT_PRECISIONS:
+                raise ValueError(
+                    f"a_quantizer={self.a_quantizer!r} needs k-bit activations (a one of "
+                    f"{', '.join(map(str, KBIT_PRECISIONS))}) and scheme='dorefa', got "
+                    f"a={self.a!r}, scheme={self.scheme!r}; a_quantizer='dorefa' works with "
+                    "every a")
+            if self.a_estimator != "saturate_ste":
+                raise ValueError(
+                    f"a_estimator={self.a_estimator!r} cannot be used with a_quantizer="
+                    f"{self.a_quantizer!r}, which has its own gradient (zero outside the "
+                    "learned clip range): leave a_estimator at 'saturate_ste'")
+        for name in ("freeze_bn_after", "freeze_observers_after"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            check_int(name, value, min_value=0)
+            if self.scheme != "int8_affine":
+                raise ValueError(f"{name}={value!r} needs scheme='int8_affine' (it freezes the "
+                                 "folded BatchNorms and range observers of that scheme), got "
+                                 f"scheme={self.scheme!r}; use None")
 
     @property
     def is_float(self) -> bool:

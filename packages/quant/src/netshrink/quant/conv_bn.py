@@ -7,7 +7,11 @@ The weight that gets quantized is the BN-folded weight ``w * gamma / sqrt(runnin
   by ``s`` undoes the folding so BatchNorm still normalises with the batch statistics (and
   updates its running statistics) as in float training;
 * eval: ``y = conv(x_q, q(w_fold)) + (b - running_mean) * s + beta``, a plain quantized conv
-  with a bias: what ``save_packed`` stores (as a ``QuantConv2d``).
+  with a bias: what ``save_packed`` stores (as a ``QuantConv2d``);
+* training after ``freeze_bn_stats()`` (late in QAT): the eval formula, bit for bit, so the
+  BatchNorm's running statistics are used and no longer updated; here ``s`` is not a constant,
+  so gamma and beta keep training (gamma through the folded weight, straight through its
+  rounding, and the folded bias). The frozen state is a persistent buffer (``bn_frozen``).
 
 ``find_conv_bn_pairs`` finds, with torch.fx, each plain ``nn.Conv2d`` whose output goes only
 into an ``nn.BatchNorm2d`` (with affine parameters and running statistics).
@@ -35,7 +39,27 @@ class QuantConvBn2d(QuantConv2d):
                      input_quant: ActQuantizer | None) -> QuantConvBn2d:
         new = cls.from_float(conv, weight_quant, input_quant)
         new.bn = bn
+        new.register_buffer("bn_frozen", torch.tensor(False, device=conv.weight.device))
+        new._bn_frozen = False  # mirrors the buffer: no device sync on every forward
         return new
+
+    @property
+    def is_bn_frozen(self) -> bool:
+        """True after ``freeze_bn_stats()``: training forwards use the running statistics."""
+        return self._bn_frozen
+
+    def freeze_bn_stats(self) -> None:
+        """From now on compute with the BatchNorm's running statistics, in training too, and
+        stop updating them (the folded eval formula; gamma and beta still train)."""
+        self._bn_frozen = True
+        self.bn_frozen.fill_(True)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        # files written before the flag existed hold no ``bn_frozen``: they were not frozen
+        state_dict.setdefault(prefix + "bn_frozen", torch.tensor(False))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._bn_frozen = bool(self.bn_frozen)
 
     def _bn_scale(self) -> torch.Tensor:
         """``gamma / running_std``, a constant for autograd: under the straight-through
@@ -58,10 +82,22 @@ class QuantConvBn2d(QuantConv2d):
             w = w.detach()
         return self._from_out_major(self.weight_quant(self._out_major(w)))
 
+    def _frozen_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The eval formula with a live ``s = gamma / running_std`` (same values, bit for bit;
+        gamma and beta get gradients)."""
+        bn = self.bn
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        w = self._from_out_major(self.weight_quant(self._out_major(
+            self.weight * s.view(-1, 1, 1, 1))))
+        bias = self.bias if self.bias is not None else torch.zeros_like(bn.running_mean)
+        return self._conv_forward(x, w, (bias - bn.running_mean) * s + bn.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.quantized_input(x)
+        if self._bn_frozen and self.training and torch.is_grad_enabled():
+            return self._frozen_forward(x)
         w = self.quantized_weight()
-        if not self.training:
+        if not self.training or self._bn_frozen:
             return self._conv_forward(x, w, self.folded_bias())
         y = self._conv_forward(x, w, None) / self._bn_scale().view(-1, 1, 1)
         if self.bias is not None:

@@ -15,6 +15,7 @@ respect to its input, relative to the straight line through the range:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -30,8 +31,10 @@ ESTIMATORS: Registry[EstimatorFn] = Registry("estimator")
 _NEEDS_NO_INPUT = frozenset({"ste"})
 
 
+@functools.lru_cache(maxsize=256)
 def _next(value: float, dtype: torch.dtype, direction: float) -> float:
-    """The next value of ``dtype`` after ``value`` towards ``direction``."""
+    """The next value of ``dtype`` after ``value`` towards ``direction`` (cached: a backward
+    pass asks for the same few bounds again and again)."""
     t = torch.tensor(value, dtype=dtype)
     return torch.nextafter(t, torch.tensor(direction, dtype=dtype)).item()
 
@@ -82,6 +85,41 @@ class _EstimatedQuantize(torch.autograd.Function):
         if ctx.slope != 1.0:
             grad = grad * ctx.slope
         return grad, None, None, None, None, None
+
+
+class _ScaledEstimatedQuantize(torch.autograd.Function):
+    """Forward ``fn(x) -> (codes * scale, scale)``; backward ``estimator(grad * scale)``."""
+
+    @staticmethod
+    def forward(ctx, x, fn, lo, hi, estimator):  # type: ignore[override]
+        ctx.estimator = ESTIMATORS.get(estimator)
+        ctx.bounds = (lo, hi)
+        out, scale = fn(x)
+        ctx.save_for_backward(None if estimator in _NEEDS_NO_INPUT else x, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, scale = ctx.saved_tensors
+        if scale is not None:
+            grad = grad * scale
+        return ctx.estimator(grad, x, *ctx.bounds), None, None, None, None
+
+
+def quantize_scaled_with_estimator(
+        x: torch.Tensor,
+        fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
+        lo: float, hi: float, estimator: str) -> torch.Tensor:
+    """For quantizers whose output is ``codes * scale`` with a scale that autograd treats as a
+    constant (per-channel ternary / binary scales): ``fn(x)`` returns the output and the
+    scale (broadcastable to it; None for none). The backward pass gives the estimator's
+    gradient of the codes, on ``[lo, hi]``, applied to ``grad * scale``: the same numbers as
+    ``quantize_with_estimator(x, codes_fn, ...) * scale``, without keeping the codes."""
+    ESTIMATORS.get(estimator)
+    if not x.requires_grad or not torch.is_grad_enabled():
+        with torch.no_grad():
+            return fn(x)[0]
+    return _ScaledEstimatedQuantize.apply(x, fn, lo, hi, estimator)
 
 
 def quantize_with_estimator(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],

@@ -42,6 +42,13 @@ class Observer(nn.Module):
         return bool(self.batches > 0)
 
     @torch.no_grad()
+    def reset(self) -> None:
+        """Forget everything seen: no range until the next ``update``."""
+        self.min_val.fill_(float("inf"))
+        self.max_val.fill_(float("-inf"))
+        self.batches.zero_()
+
+    @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         lo, hi = self._batch_range(x.detach())
         self._merge(lo.to(self.min_val.dtype), hi.to(self.max_val.dtype))

@@ -20,8 +20,10 @@ What it does, in order:
 
 The returned model is ``model`` itself. ``QuantizeStage`` (``"quant.quantize"``) wraps this for
 recipes; its ``after_step`` hook re-applies ``constrain_latent_weights`` after every optimizer
-step. In your own training loop, call ``constrain_latent_weights(model)`` after
-``optimizer.step()`` when weights are binary.
+step and its ``after_epoch`` hook applies the int8 late-training freezes (``freeze_bn_after``,
+``freeze_observers_after``; 0 is applied by ``quantize`` itself). In your own training loop,
+call ``constrain_latent_weights(model)`` after ``optimizer.step()`` when weights are binary,
+and ``freeze_bn_stats(model)`` / ``freeze_observers(model)`` when you want the freezes.
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from torch import nn
 from netshrink.core import Stage, register_stage
 from netshrink.quant.config import Precision, QuantConfig
 from netshrink.quant.conv_bn import QuantConvBn2d, find_conv_bn_pairs
+from netshrink.quant.freeze import freeze_bn_stats, freeze_observers
 from netshrink.quant.layers import QUANT_LAYER_FOR, QUANT_LAYERS
 from netshrink.quant.quantizers import (
     ActQuantizer,
-    AffineAct,
     AffineWeight,
     BinaryWeight,
     TernaryWeight,
@@ -137,7 +139,16 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = config.bn_momentum
     constrain_latent_weights(model)
+    _apply_freezes(model, config, epochs_done=0)
     return model
+
+
+def _apply_freezes(model: nn.Module, config: QuantConfig, epochs_done: int) -> None:
+    """The config's late-training freezes that are due after ``epochs_done`` epochs of QAT."""
+    if config.freeze_bn_after is not None and epochs_done >= config.freeze_bn_after:
+        freeze_bn_stats(model)
+    if config.freeze_observers_after is not None and epochs_done >= config.freeze_observers_after:
+        freeze_observers(model)
 
 
 def _out_major_shape(layer: nn.Module) -> tuple[int, int]:
@@ -152,26 +163,19 @@ def constrain_latent_weights(model: nn.Module) -> None:
     for _, layer in quantized_layers(model):
         if isinstance(layer.weight_quant, BinaryWeight) and layer.weight is not None:
             w2d = layer._out_major(layer.weight)
+            if w2d.data_ptr() == layer.weight.data_ptr() and w2d.is_contiguous():
+                w2d.sub_(w2d.mean(1, keepdim=True)).clamp_(-1.0, 1.0)  # a view: in place
+                continue
             w2d = (w2d - w2d.mean(1, keepdim=True)).clamp_(-1.0, 1.0)
             layer.weight.copy_(layer._from_out_major(w2d))
-
-
-def freeze_observers(model: nn.Module) -> int:
-    """Stop every activation range observer (int8 affine) from updating; returns how many.
-    Typical QAT practice: freeze after a few epochs so the last ones train on fixed ranges."""
-    count = 0
-    for m in model.modules():
-        if isinstance(m, AffineAct):
-            m.freeze()
-            count += 1
-    return count
 
 
 @register_stage("quant.quantize")
 class QuantizeStage(Stage):
     """Quantization-aware training as a recipe stage: ``apply`` calls ``quantize``; ``rebuild``
     recreates the same structure on a fresh model (then the checkpoint's weights load);
-    ``after_step`` keeps binary latent weights centred and clipped."""
+    ``after_step`` keeps binary latent weights centred and clipped; ``after_epoch`` applies
+    the config's ``freeze_bn_after`` / ``freeze_observers_after``."""
 
     config_class = QuantConfig
 
@@ -180,3 +184,8 @@ class QuantizeStage(Stage):
 
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         constrain_latent_weights(model)
+
+    def after_epoch(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        """After epoch ``epoch`` (0-based, so ``epoch + 1`` epochs of QAT are done): freeze BN
+        statistics / observers once their epoch count is reached (idempotent)."""
+        _apply_freezes(model, self.config, epochs_done=epoch + 1)

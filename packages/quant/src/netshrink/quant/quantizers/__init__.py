@@ -1,5 +1,6 @@
-"""Quantizers, one module per family: ``dorefa`` (k-bit), ``ternary`` (TWN), ``binary``,
-``half`` (float16), ``int8_affine`` (scale and zero point, with observers).
+"""Quantizers, one module per family: ``dorefa`` (k-bit), ``pact`` and ``lsq`` (k-bit
+activations with a learned clip / step size), ``ternary`` (TWN), ``binary``, ``half``
+(float16), ``int8_affine`` (scale and zero point, with observers).
 ``weight_quantizer`` / ``act_quantizer`` build the one a ``QuantConfig`` asks for."""
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from netshrink.quant.quantizers.binary import BinaryAct, BinaryWeight, binary_si
 from netshrink.quant.quantizers.dorefa import DoReFaAct, DoReFaWeight
 from netshrink.quant.quantizers.half import HalfAct, HalfWeight, to_fp16
 from netshrink.quant.quantizers.int8_affine import AffineAct, AffineWeight, affine_params
+from netshrink.quant.quantizers.lsq import LSQAct
+from netshrink.quant.quantizers.pact import PACTAct
 from netshrink.quant.quantizers.registry import (
     ACT_QUANTIZERS,
     WEIGHT_QUANTIZERS,
@@ -51,6 +54,10 @@ def act_quantizer(precision: Precision, config: QuantConfig) -> ActQuantizer | N
         return AffineAct(8, symmetric=False, observer="moving_average",
                          estimator=config.a_estimator)
     if precision in KBIT_PRECISIONS:
+        if config.a_quantizer == "pact":
+            return PACTAct(int(precision), clip=config.a_clip)
+        if config.a_quantizer == "lsq":
+            return LSQAct(int(precision), clip=config.a_clip)
         return DoReFaAct(int(precision), estimator=config.a_estimator, clip=config.a_clip)
     if precision == "ternary":
         return TernaryAct(estimator=config.a_estimator)
@@ -62,7 +69,8 @@ def act_quantizer(precision: Precision, config: QuantConfig) -> ActQuantizer | N
 __all__ = [
     "ACT_QUANTIZERS", "WEIGHT_QUANTIZERS", "ActQuantizer", "AffineAct", "AffineWeight",
     "BinaryAct", "BinaryWeight", "affine_params",
-    "DoReFaAct", "DoReFaWeight", "HalfAct", "HalfWeight", "TernaryAct", "TernaryWeight",
+    "DoReFaAct", "DoReFaWeight", "HalfAct", "HalfWeight", "LSQAct", "PACTAct", "TernaryAct",
+    "TernaryWeight",
     "WeightQuantizer", "act_quantizer", "act_quantizer_from_spec", "binary_sign",
     "list_act_quantizers", "list_weight_quantizers", "to_fp16", "weight_quantizer",
     "weight_quantizer_from_spec",

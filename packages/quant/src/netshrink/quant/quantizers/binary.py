@@ -17,14 +17,35 @@ from typing import Any
 
 import torch
 
-from netshrink.quant.estimators import quantize_with_estimator
+from netshrink.quant.estimators import quantize_scaled_with_estimator, quantize_with_estimator
 from netshrink.quant.quantizers.base import ActQuantizer, WeightQuantizer
 from netshrink.quant.quantizers.registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 
+#: The bits of 1.0 as an integer of the same width, per float dtype.
+_ONE_BITS: dict[torch.dtype, tuple[torch.dtype, int]] = {
+    torch.float32: (torch.int32, 0x3F800000), torch.float64: (torch.int64, 0x3FF0000000000000),
+    torch.float16: (torch.int16, 0x3C00), torch.bfloat16: (torch.int16, 0x3F80),
+}
+
 
 def binary_sign(v: torch.Tensor) -> torch.Tensor:
-    """+1 where ``v >= 0``, else -1 (``torch.sign`` would give 0 at 0)."""
-    return torch.sign(v).add_(0.5).sign_()  # -1, 0, 1 -> -0.5, 0.5, 1.5 -> -1, 1, 1
+    """+1 where ``v >= 0`` (and at -0 and NaN), else -1 (``torch.sign`` would give 0 at 0).
+
+    One pass and one in-place bit operation: ``torch.sign`` gives -1, 0 or +1 (and 0 for NaN);
+    OR-ing the bits of 1.0 into each value keeps -1 and +1 and turns 0 into +1 (1.0's bits
+    are exactly the exponent bits that -1.0 and +1.0 already have)."""
+    out = torch.sign(v)
+    if out.dtype not in _ONE_BITS:  # other dtypes: -1, 0, 1 -> -0.5, 0.5, 1.5 -> -1, 1, 1
+        return out.add_(0.5).sign_()
+    int_dtype, one = _ONE_BITS[out.dtype]
+    out.view(int_dtype).bitwise_or_(one)
+    return out
+
+
+def _binary_scaled(w2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sign(w) * scale, scale)`` with ``scale = mean|w|`` per row, as a column."""
+    scale = w2d.abs().mean(1, keepdim=True)
+    return binary_sign(w2d).mul_(scale), scale
 
 
 @WEIGHT_QUANTIZERS.register("binary")
@@ -41,10 +62,9 @@ class BinaryWeight(WeightQuantizer):
         self.scale = scale
 
     def forward(self, w2d: torch.Tensor) -> torch.Tensor:
-        b = quantize_with_estimator(w2d, binary_sign, -1.0, 1.0, self.estimator)
         if not self.scale:
-            return b
-        return b * w2d.detach().abs().mean(1).unsqueeze(1)
+            return quantize_with_estimator(w2d, binary_sign, -1.0, 1.0, self.estimator)
+        return quantize_scaled_with_estimator(w2d, _binary_scaled, -1.0, 1.0, self.estimator)
 
     @torch.no_grad()
     def encode(self, w2d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -12,7 +12,8 @@ Activations (``AffineAct``): per-tensor; the range comes from an observer
 (``netshrink.quant.observers``) updated on training forwards (QAT) or while calibrating
 (PTQ), and fixed once frozen (``freeze()``). Asymmetric by default (uint8 with a zero point);
 symmetric gives a signed range ``[-m, m]``. Before the observer has seen any data the input
-passes through unchanged.
+passes through unchanged. Whether the range is frozen is a persistent buffer (``frozen``), so
+it survives checkpoints.
 
 Weights, and activations on GPU, use torch's fused fake-quantize kernels, whose gradient is
 ``saturate_ste`` in code units (zero where a value rounds outside the codes, i.e. more than
@@ -152,15 +153,37 @@ class AffineAct(ActQuantizer):
         self.symmetric = symmetric
         self.estimator = estimator
         self.observer: Observer = make_observer(observer, **observer_options)
-        #: Observe on training forwards (QAT); ``freeze()`` turns it off.
-        self.observe_in_training = True
+        #: True once frozen: persistent, so a checkpoint resumes with the range still fixed.
+        self.register_buffer("frozen", torch.tensor(False))
+        self._observe = True  # mirrors ``not frozen``: no device sync on every forward
         #: Observe on every forward, training or not (set while calibrating).
         self.calibrating = False
+
+    @property
+    def observe_in_training(self) -> bool:
+        """Whether training forwards update the range (QAT); False once frozen."""
+        return self._observe
+
+    @observe_in_training.setter
+    def observe_in_training(self, value: bool) -> None:
+        self._observe = bool(value)
+        self.frozen.fill_(not value)
 
     def freeze(self) -> None:
         """Stop updating the range (observer freezing)."""
         self.observe_in_training = False
         self.calibrating = False
+
+    def unfreeze(self) -> None:
+        """Let training forwards update the range again."""
+        self.observe_in_training = True
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        # files written before the flag existed hold no ``frozen``: they were not frozen
+        state_dict.setdefault(prefix + "frozen", torch.tensor(False))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._observe = not bool(self.frozen)
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scale, zero_point)`` from the observed range."""

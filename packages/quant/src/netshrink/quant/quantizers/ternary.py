@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from netshrink.quant.estimators import quantize_with_estimator
+from netshrink.quant.estimators import quantize_scaled_with_estimator, quantize_with_estimator
 from netshrink.quant.quantizers.base import ActQuantizer, WeightQuantizer
 from netshrink.quant.quantizers.registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 
@@ -53,35 +53,60 @@ class TernaryWeight(WeightQuantizer):
     def init_state(self, w2d: torch.Tensor) -> None:
         """Start the hysteresis state from the plain TWN codes of ``w2d``."""
         if self.state is not None:
-            self.state.copy_(self._ternarize(w2d, use_state=False)[0].to(torch.int8))
+            q, _ = self._quantize(w2d, use_state=False)
+            self.state.copy_(q.sign() if self.scale else q)
 
     @torch.no_grad()
-    def _ternarize(self, w2d: torch.Tensor,
-                   use_state: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes as floats -1/0/+1 and the per-channel scale (from ``|w|`` of non-zeros)."""
+    def _quantize(self, w2d: torch.Tensor,
+                  use_state: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(q, scale)``: ``q = t * scale`` (``t`` without ``scale``), ``t`` the codes
+        -1/0/+1, ``scale`` a column (None without ``scale``).
+
+        Written for speed (a handful of passes over the weight, no bool-to-float arithmetic,
+        few temporaries); the numbers, zeros' signs included, are those of the plain formula
+        ``t = where(|w| > D, sign(w), 0)``, ``scale = sum(|w| * nonzero) / count(nonzero)``
+        for finite weights.
+        """
+        threshold_backward = torch.ops.aten.threshold_backward
         absw = w2d.abs()
-        delta = THRESHOLD * absw.mean(1, keepdim=True)
+        delta = absw.mean(1, keepdim=True).mul_(THRESHOLD)
         if self.state is not None and use_state:
             nonzero = (absw > delta * (1.0 + self.gap)) | (
                 (absw >= delta * (1.0 - self.gap)) & (self.state != 0))
+            selected = nonzero.to(absw.dtype)  # 1.0 / 0.0
+            masked = threshold_backward(absw, selected, 0.0)  # |w| where selected, else 0
+            count = selected.sum(1, keepdim=True)
+            torch.sign(masked, out=selected)  # 1 where selected and w != 0: where t != 0
         else:
-            nonzero = absw > delta
-        t = torch.where(nonzero, torch.sign(w2d), torch.zeros((), dtype=w2d.dtype))
-        scale = (absw * nonzero).sum(1) / nonzero.sum(1).clamp_min(1)
-        return t, scale
+            # |w| - D > 0 exactly where |w| > D (with subnormals, torch's default, a difference
+            # of floats is 0 only for equal ones): one float tensor serves as the mask
+            selected = absw - delta
+            masked = threshold_backward(absw, selected, 0.0)
+            torch.gt(selected, 0.0, out=selected)  # 1.0 where t != 0 (|w| > D >= 0)
+            count = selected.sum(1, keepdim=True)
+        if self.scale:
+            scale = masked.sum(1, keepdim=True).div_(count.clamp_min_(1.0))
+            signed = torch.copysign(scale, w2d, out=absw)  # +-scale; absw is free again
+        else:
+            scale = None
+            signed = torch.sign(w2d, out=absw)
+        # t * scale: +-scale where t != 0, +0 elsewhere (in place)
+        q = threshold_backward.grad_input(signed, selected, 0.0, grad_input=signed)
+        return q, scale
 
     def forward(self, w2d: torch.Tensor) -> torch.Tensor:
-        t, scale = self._ternarize(w2d)
+        q = quantize_scaled_with_estimator(w2d, self._quantize, -1.0, 1.0, self.estimator)
         if self.training and self.state is not None:
-            self.state.copy_(t.to(torch.int8))
-        q = quantize_with_estimator(w2d, lambda v: t.clone(), -1.0, 1.0, self.estimator)
-        return q * scale.unsqueeze(1) if self.scale else q
+            with torch.no_grad():
+                self.state.copy_(q.sign() if self.scale else q)
+        return q
 
     @torch.no_grad()
     def encode(self, w2d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        t, scale = self._ternarize(w2d)
-        codes = (t + 1.0).to(torch.uint8)
-        return codes, ({"scale": scale} if self.scale else {})
+        q, scale = self._quantize(w2d)
+        t = q.sign_() if self.scale else q
+        codes = t.add_(1.0).to(torch.uint8)
+        return codes, ({"scale": scale.view(-1)} if self.scale else {})
 
     def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         t = codes.to(torch.float32) - 1.0

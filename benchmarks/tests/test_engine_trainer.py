@@ -196,3 +196,15 @@ def test_recalibrate_bn_keeps_batchnorms_the_forward_does_not_update():
     assert recalibrate_bn(model, loader, 3) == 0  # frozen: the forward leaves it alone
     for k, v in bn.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_malloc_tuning_applies_on_glibc_and_can_be_switched_off(monkeypatch):
+    import platform
+
+    from netshrink.bench.engine.host import ENV_SWITCH, keep_freed_memory
+
+    monkeypatch.setenv(ENV_SWITCH, "0")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv(ENV_SWITCH)
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is expected

@@ -10,6 +10,7 @@ from netshrink.bench.cli import fuse as _fuse
 from netshrink.bench.cli import stats as _stats
 from netshrink.bench.cli import tables as _tables
 from netshrink.bench.cli import train as _train
+from netshrink.bench.engine.host import keep_freed_memory
 
 app = typer.Typer(
     name="bench",
@@ -34,6 +35,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main() -> None:
     warnings.showwarning = _one_line_warning  # users read the message, not our source lines
+    keep_freed_memory()  # 1.4x faster CPU training steps (see engine/host.py)
     app()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from netshrink.bench.tables.recipes import binary_tricks, quantize
 from netshrink.bench.tables.spec import Row, Schedule, Table, register_table
 
-FLOAT = Schedule(epochs={"full": 200, "quick": 4, "smoke": 2}, lr=0.1)
+FLOAT = Schedule(epochs={"full": 200, "quick": 8, "smoke": 2}, lr=0.1)
 QAT = Schedule(epochs={"full": 150, "quick": 2, "smoke": 1}, lr=0.02, recalibrate_bn=20)
 BINARY_QAT = Schedule(epochs={"full": 200, "quick": 2, "smoke": 1}, lr=1e-3, optimizer="adam",
                       weight_decay=0.0, recalibrate_bn=20)

@@ -8,7 +8,7 @@ binary-activation rows; trained rows -> BN-fused deployment forms (no training).
 from netshrink.bench.tables.recipes import binary_tricks, fuse, prune, quantize, slimming
 from netshrink.bench.tables.spec import Row, Schedule, Table, register_table
 
-FLOAT = Schedule(epochs={"full": 200, "quick": 4, "smoke": 2}, lr=0.1)
+FLOAT = Schedule(epochs={"full": 200, "quick": 8, "smoke": 2}, lr=0.1)
 SPARSE = Schedule(epochs={"full": 100, "quick": 2, "smoke": 1}, lr=0.05)
 FINETUNE = Schedule(epochs={"full": 100, "quick": 2, "smoke": 1}, lr=0.02)
 # Quantized rows re-estimate BN statistics after training (20 batches): QAT shifts the

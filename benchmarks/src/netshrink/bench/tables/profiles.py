@@ -22,7 +22,7 @@ PROFILE_SETTINGS = {
     "full": Profile("full", width=1.0),
     # At most 5,120 / 2,048 images, so a full CIFAR-10 download takes no longer than the
     # 5,085 / 1,017-image subset CI has (which it uses whole).
-    # Width 0.25: the 62 rows of micronet, bits and prune train in about 15 minutes on 2 cores
+    # Width 0.25: the 62 rows of micronet, bits and prune train in under 15 minutes on 2 cores
     # (at width 0.5 micronet alone took 18 minutes).
     "quick": Profile("quick", width=0.25, train_limit=5120, test_limit=2048),
     "smoke": Profile("smoke", width=0.25, train_limit=2048, test_limit=512),

@@ -15,7 +15,7 @@ from __future__ import annotations
 from netshrink.bench.tables.recipes import prune
 from netshrink.bench.tables.spec import Row, Schedule, Table, register_table
 
-FLOAT = Schedule(epochs={"full": 200, "quick": 4, "smoke": 2}, lr=0.1)
+FLOAT = Schedule(epochs={"full": 200, "quick": 8, "smoke": 2}, lr=0.1)
 FINETUNE = Schedule(epochs={"full": 40, "quick": 2, "smoke": 1}, lr=0.01)
 CRITERIA: tuple[str, ...] = ("bn_gamma", "l1", "l2", "fpgm", "taylor", "random")
 MACS_TARGET = 0.5

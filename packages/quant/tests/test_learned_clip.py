@@ -221,15 +221,24 @@ def test_stage_describe_and_rebuild(make_small_cnn, name):
     assert torch.equal(fresh.eval()(X), trained.eval()(X))
 
 
+def _lsq_rank(rank: int, store_path: str, out_path: str) -> None:
+    dist = torch.distributed
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank,
+                            world_size=2)
+    try:
+        q = LSQAct(2).train()
+        q(torch.full((2, 3), 3.0 if rank == 0 else 6.0))  # each rank sees other data
+        torch.save(q.step_size.detach(), f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
 def test_lsq_initial_step_is_averaged_over_ddp_ranks(tmp_path):
     dist = torch.distributed
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0,
-                            world_size=1)
-    try:
-        q = LSQAct(2).train()
-        q(torch.full((2, 3), 3.0))  # one rank: the average is its own value
-        assert q.step_size.item() == pytest.approx(2 * 3.0 / math.sqrt(3))
-    finally:
-        dist.destroy_process_group()
+    out = str(tmp_path / "step")
+    torch.multiprocessing.spawn(_lsq_rank, args=(str(tmp_path / "store"), out), nprocs=2)
+    steps = [torch.load(f"{out}.{r}", weights_only=True).item() for r in range(2)]
+    # 2 mean|x| / sqrt(Qp) averaged over the ranks: (3 + 6) / 2 = 4.5 as mean|x|
+    assert steps == pytest.approx([2 * 4.5 / math.sqrt(3)] * 2)

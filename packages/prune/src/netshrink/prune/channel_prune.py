@@ -149,14 +149,11 @@ def _search_macs(model: nn.Module, example_input: torch.Tensor, target: float,
     original = macs_of(None)
     limit = target * original
     best: tuple[int, ChannelPlan] | None = None
-    smallest: tuple[int, ChannelPlan] | None = None
     lo, hi = 0.0, 1.0
     for _ in range(MACS_SEARCH_STEPS):
         mid = (lo + hi) / 2
         plan = plan_for(mid)
         macs = macs_of(plan)
-        if smallest is None or macs < smallest[0]:
-            smallest = (macs, plan)
         if macs <= limit:
             hi = mid
             if best is None or macs > best[0]:
@@ -167,10 +164,9 @@ def _search_macs(model: nn.Module, example_input: torch.Tensor, target: float,
         plan = plan_for(1.0)
         macs = macs_of(plan)
         if macs > limit:
-            assert smallest is not None
             raise ValueError(
                 f"macs_target={target!r} cannot be reached: pruning every prunable channel "
-                f"(down to min_channels) leaves {min(macs, smallest[0]) / original:.3f} of the "
+                f"(down to min_channels) leaves {macs / original:.3f} of the "
                 f"{original:,} MACs; allowed: a target of at least that")
         best = (macs, plan)
     return best[1]

@@ -1,7 +1,10 @@
 """CIFAR-10 reader: exact round trip of the standard format, restricted unpickling, errors."""
 
+import _codecs
 import os
 import pickle
+import struct
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -17,6 +20,11 @@ from netshrink.bench.data import (
     write_fake_cifar10,
 )
 from netshrink.bench.data import cifar as cifar_module
+
+try:
+    from numpy._core.multiarray import _reconstruct  # numpy >= 2
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct
 
 SHARED = Path("/work/shared/datasets")
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
@@ -207,3 +215,117 @@ def test_shared_cifar_subset_loads():
     # real photos: per-channel means near the published CIFAR-10 statistics
     means = train.images.float().mean((0, 2, 3)) / 255
     assert torch.allclose(means, torch.tensor(train.mean), atol=0.03)
+
+
+# -- hostile pickles: nothing runs, nothing large is allocated, DatasetFormatError -----------
+
+class _Reduces:
+    """Pickles as ``fn(*args)`` (then ``BUILD state`` when given): how a hostile writer names
+    an allowed global with arguments of its choosing."""
+
+    def __init__(self, fn, args, state=None) -> None:
+        self.value = (fn, args) if state is None else (fn, args, state)
+
+    def __reduce__(self):
+        return self.value
+
+
+def _raw(*ops: bytes) -> bytes:
+    return b"".join(ops)
+
+
+_P2 = pickle.PROTO + b"\x02"
+_NDARRAY = pickle.GLOBAL + b"numpy\nndarray\n"
+_HUGE_OBJECT_ARRAY = pickle.BININT + struct.pack("<i", 2**27) + pickle.TUPLE1 + \
+    pickle.SHORT_BINUNICODE + b"\x01O" + pickle.TUPLE2  # args ((2**27,), 'O'): a 1 GiB array
+
+HOSTILE = {
+    # numpy's own reconstruct, asked for a 1 TiB array (before: a MemoryError at best)
+    "reconstruct-huge-shape": (
+        pickle.dumps({"data": _Reduces(_reconstruct, (np.ndarray, (2**40,), b"b")),
+                      "labels": []}, protocol=2),
+        r"_reconstruct\(.*\(1099511627776,\).*\) is not how numpy pickles an array"),
+    # an object array of 2**27 slots, which numpy allocates and clears (1 GiB) before filling
+    "setstate-object-array": (
+        pickle.dumps({"data": _Reduces(_reconstruct, (np.ndarray, (0,), b"b"),
+                                       (1, (2**27,), np.dtype(object), False, [])),
+                      "labels": []}, protocol=2),
+        "dtype 'O8' is not a plain number type"),
+    "setstate-short-data": (
+        pickle.dumps({"data": _Reduces(_reconstruct, (np.ndarray, (0,), b"b"),
+                                       (1, (2**20, 3072), np.dtype(np.uint8), False, b"xyz")),
+                      "labels": []}, protocol=2),
+        r"needs 3221225472 bytes; the file gives 3"),
+    # np.ndarray called directly (REDUCE) or through NEWOBJ with a 1 GiB shape
+    "reduce-ndarray": (_raw(_P2, _NDARRAY, _HUGE_OBJECT_ARRAY, pickle.REDUCE, pickle.STOP),
+                       "corrupt or truncated.*TypeError: '_NdarrayToken' object is not callable"),
+    "newobj-ndarray": (_raw(_P2, _NDARRAY, _HUGE_OBJECT_ARRAY, pickle.NEWOBJ, pickle.STOP),
+                       r"opcode NEWOBJ at byte \d+ is not used by CIFAR batches"),
+    # a byte string declared 8 GiB long holding 2 bytes: the unpickler allocated 8 GiB first
+    "binbytes8-huge-length": (_raw(pickle.PROTO + b"\x04", pickle.BINBYTES8,
+                                   struct.pack("<Q", 2**33), b"xx", pickle.STOP),
+                              "corrupt or truncated.*expected 8589934592 bytes"),
+    # a memo slot 2**31: the unpickler grew its memo to 2**32 entries (32 GiB) first
+    "memo-huge-index": (_raw(_P2, pickle.EMPTY_DICT, pickle.LONG_BINPUT,
+                             struct.pack("<I", 2**31), pickle.STOP),
+                        "memo index 2147483648 at byte 3 is larger than the pickle"),
+    "codecs-other-than-latin1": (
+        pickle.dumps({"data": _Reduces(_codecs.encode, ("abc", "rot13")), "labels": []},
+                     protocol=2),
+        "_codecs.encode with encoding 'rot13' is not how pickle stores bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_pickle_is_refused_with_bounded_memory(tmp_path: Path, case: str):
+    _write_dir(tmp_path)
+    blob, message = HOSTILE[case]
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    path.write_bytes(blob)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetFormatError, match=message) as info:
+            _load(tmp_path, "train")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value)
+    assert peak < 16 * 2**20, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize("protocol", [0, 2])
+def test_malicious_pickle_in_old_protocols_is_refused(tmp_path: Path, protocol: int):
+    _write_dir(tmp_path)
+    marker = tmp_path / "pwned"
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(pickle.dumps({"data": _RunsShell(marker), "labels": []}, protocol=protocol))
+    with pytest.raises(DatasetFormatError, match="refusing to unpickle") as info:
+        _load(tmp_path, "test")
+    assert str(path) in str(info.value) and not marker.exists()
+
+
+def test_batch_larger_than_the_ceiling_is_not_read(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    _write_dir(tmp_path, per_batch=4)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    monkeypatch.setattr(cifar_module, "MAX_PICKLE_BYTES", path.stat().st_size - 1)
+    with pytest.raises(DatasetFormatError, match=f"{path} is larger than the "
+                                                 f"{path.stat().st_size - 1} bytes"):
+        _load(tmp_path, "train")
+    monkeypatch.setattr(cifar_module, "MAX_PICKLE_BYTES", path.stat().st_size)
+    assert len(_load(tmp_path, "train")) == 20
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    ([[0, 1], [2]], "must be a list of ints; got list"),  # ragged: a bare ValueError before
+    ([2**70, 0], r"labels must lie in 0\.\.9"),  # beyond int64
+    ([True, False], "must be a list of ints"),
+    ("01", "must be a list of ints; got str"),
+])
+def test_labels_of_the_wrong_kind_are_format_errors(tmp_path: Path, labels, message: str):
+    _write_dir(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_4"
+    path.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": labels}))
+    with pytest.raises(DatasetFormatError, match=message) as info:
+        _load(tmp_path, "train")
+    assert str(path) in str(info.value)

@@ -2,6 +2,7 @@
 
 import gzip
 import struct
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def test_read_idx_shapes(tmp_path: Path):
     (_idx(np.zeros((2, 28, 28), np.uint8), 2049), r"bad magic number 0x00000801, expected "
                                                   r"0x00000803"),
     (_idx(np.zeros((2, 28, 28), np.uint8), 2051)[:-5], r"header says shape \(2, 28, 28\)"),
-    (_idx(np.zeros((2, 28, 28), np.uint8), 2051) + b"\x00", "but the file holds 1569"),
+    (_idx(np.zeros((2, 28, 28), np.uint8), 2051) + b"\x00",
+     r"\(1568 bytes of data\) but the file holds more"),
     (b"\x00\x00\x08", "too short"),
     (struct.pack(">II", 2051, 2), "truncated inside its header"),
     (gzip.compress(_idx(np.zeros((2, 28, 28), np.uint8), 2051))[:40], "corrupt or truncated gzip"),
@@ -147,3 +149,55 @@ def test_shared_mnist_from_test_sizes():
     assert torch.bincount(test.labels, minlength=10).min() > 150
     with pytest.raises(FileNotFoundError, match="train files"):
         load_dataset("mnist", "train", SHARED, mnist_split="official")
+
+
+def _gzip_bomb(header: bytes, gib: int = 1) -> bytes:
+    """~1 MB of gzip that expands to ``header`` then ``gib`` GiB of zeros: concatenated gzip
+    members (one valid gzip stream to every reader), each 64 MiB of zeros in ~64 KiB."""
+    member = gzip.compress(bytes(64 * 2**20), compresslevel=9)
+    return gzip.compress(header) + member * (16 * gib)
+
+
+def test_gzip_bomb_fails_fast_with_bounded_memory(tmp_path: Path):
+    # the header declares 1000 images (784,000 bytes); the stream holds 1 GiB after it. Before,
+    # the whole file was decompressed (1 GiB in memory) before its size was checked.
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(_gzip_bomb(struct.pack(">IIII", 2051, 1000, 28, 28)))
+    assert path.stat().st_size < 1.1e6
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetFormatError, match=r"shape \(1000, 28, 28\) \(784000 bytes of "
+                                                     r"data\) but the file holds more") as info:
+            read_idx(path, 2051)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value)
+    assert peak < 8 * 2**20, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize("dims", [(2**32 - 1,) * 3, (2**21, 2**21, 2**22), (100_000, 28, 28)])
+@pytest.mark.parametrize("gz", [True, False])
+def test_header_declaring_a_huge_shape_is_refused_before_reading(tmp_path: Path, dims, gz):
+    # (2**21, 2**21, 2**22) overflows int64 to 0: before, np.prod said 0 bytes and the file
+    # then failed with a bare ValueError from reshape (or was accepted when empty)
+    blob = struct.pack(">IIII", 2051, *dims) + bytes(100)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(gzip.compress(blob) if gz else blob)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetFormatError, match=r"more than the 67108864 an MNIST file may "
+                                                     r"hold") as info:
+            read_idx(path, 2051)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value) and peak < 2**20
+
+
+def test_read_idx_bound_is_a_parameter(tmp_path: Path):
+    path = tmp_path / "x"
+    path.write_bytes(_idx(np.zeros((3, 28, 28), np.uint8), 2051))
+    assert read_idx(path, 2051, max_bytes=3 * 28 * 28).shape == (3, 28, 28)
+    with pytest.raises(DatasetFormatError, match="more than the 2351"):
+        read_idx(path, 2051, max_bytes=3 * 28 * 28 - 1)

@@ -8,8 +8,10 @@ from torch import nn
 
 from netshrink.core import (
     CheckpointError,
+    check_depth,
     flatten_optimizer_state,
     load_checkpoint,
+    loads_bounded,
     restore_optimizer_state,
     save_checkpoint,
 )
@@ -121,3 +123,66 @@ def test_checkpoint_gets_ordinary_file_permissions(tmp_path: Path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+# -- hostile metadata and records: always CheckpointError, never RecursionError & co ----------
+
+def _with_raw_meta(path: Path, raw: str) -> Path:
+    """A safetensors file whose netshrink metadata is the given text, as a hostile writer could
+    make it (save_checkpoint itself only writes JSON objects)."""
+    from safetensors.torch import save_file
+
+    save_file({"model.w": torch.ones(2)}, str(path), metadata={"netshrink": raw})
+    return path
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ("[" * 100_000 + "]" * 100_000, "nests deeper than the 64 levels"),  # RecursionError before
+    ('{"a": ' * 200 + "1" + "}" * 200, "nests deeper than the 64 levels"),  # parsed before
+    ('[{"format": "netshrink-checkpoint", "version": 1}]', "is a JSON list, expected an object"),
+    ('"netshrink-checkpoint"', "is a JSON str, expected an object"),
+    ("1" * 5000, "not valid JSON"),  # int longer than Python converts: a bare ValueError before
+    ("{not json", "not valid JSON"),
+])
+def test_malformed_metadata_is_a_checkpoint_error(tmp_path: Path, raw: str, message: str):
+    path = _with_raw_meta(tmp_path / "m.safetensors", raw)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_metadata_depth_and_size_bounds():
+    assert loads_bounded('{"a": [[1]]}', max_depth=3) == {"a": [[1]]}
+    with pytest.raises(ValueError, match="deeper than the 2 levels"):
+        loads_bounded('{"a": [[1]]}', max_depth=2)
+    with pytest.raises(ValueError, match="longer than the 10 allowed"):
+        loads_bounded('"' + "x" * 10 + '"', max_chars=10)
+    check_depth([[[]]], 3)
+    with pytest.raises(ValueError):
+        check_depth([[[[]]]], 3)
+
+
+def _trained_adam() -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda t, r: (t, [r]), "must be an object with a 'param_groups' list"),
+    (lambda t, r: (t, {**r, "param_groups": {"lr": 1}}), "'param_groups' list"),
+    (lambda t, r: (t, {**r, "param_groups": [1]}), "must be a list of objects"),
+    (lambda t, r: (t, {**r, "scalars": [1]}), "'scalars' must map parameter indices"),
+    (lambda t, r: (t, {**r, "scalars": {"x": {"step": 1}}}), "'x' is not a parameter index"),
+    (lambda t, r: ({"optim.zero": torch.ones(1)}, r), "'zero' is not a parameter index"),
+    (lambda t, r: (t, {**r, "param_groups": r["param_groups"] * 2}), "does not fit"),
+])
+def test_malformed_optimizer_record_is_a_checkpoint_error(change, message: str):
+    model, opt = _trained_adam()
+    tensors, record = flatten_optimizer_state(opt)
+    tensors, record = change(tensors, record)
+    with pytest.raises(CheckpointError, match=message):
+        restore_optimizer_state(torch.optim.Adam(model.parameters()), tensors, record)

@@ -13,10 +13,12 @@ Where train and test come from (``mnist_split``):
 from __future__ import annotations
 
 import gzip
+import math
 import warnings
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -46,34 +48,60 @@ IMAGES_MAGIC = 0x00000803  # ubyte, 3 dimensions
 LABELS_MAGIC = 0x00000801  # ubyte, 1 dimension
 
 
-def read_idx(path: Path, expected_magic: int) -> np.ndarray:
+#: The most data bytes an idx file may declare: the largest real MNIST file (train images) holds
+#: 47,040,000; anything past this bound is refused before it is read or decompressed.
+MAX_IDX_BYTES = 64 * 2**20
+
+
+def read_idx(path: Path, expected_magic: int, *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """An idx file (gzip detected from its content) as a uint8 array; the magic number and the
-    byte count implied by the header are checked exactly, with errors naming the file."""
+    byte count implied by the header are checked exactly, with errors naming the file.
+
+    The header is read first and its shape checked against ``max_bytes``; then exactly the
+    declared bytes are read (decompressed as a stream), plus one to detect trailing data, so a
+    gzip bomb or a header declaring a huge shape costs at most ``max_bytes`` of memory. Every
+    malformed file raises DatasetFormatError; a missing one, FileNotFoundError.
+    """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise DatasetFormatError(f"{path} is a corrupt or truncated gzip file: {e}") from e
-    if len(raw) < 4:
-        raise DatasetFormatError(f"{path} is too short ({len(raw)} bytes) to be an idx file")
-    magic = int.from_bytes(raw[:4], "big")
+    with open(path, "rb") as f:
+        try:
+            if f.read(2) == b"\x1f\x8b":
+                f.seek(0)
+                with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+                    return _parse_idx(path, stream, expected_magic, max_bytes)
+            f.seek(0)
+            return _parse_idx(path, f, expected_magic, max_bytes)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise DatasetFormatError(f"{path} is a corrupt or truncated gzip file: {e}") from e
+
+
+def _parse_idx(path: Path, stream: BinaryIO, expected_magic: int,
+               max_bytes: int) -> np.ndarray:
+    """Header, bounds, then exactly the declared data from ``stream`` (see ``read_idx``)."""
+    head = stream.read(4)
+    if len(head) < 4:
+        raise DatasetFormatError(f"{path} is too short ({len(head)} bytes) to be an idx file")
+    magic = int.from_bytes(head, "big")
     if magic != expected_magic:
         raise DatasetFormatError(f"{path}: bad magic number 0x{magic:08x}, expected "
                                  f"0x{expected_magic:08x} (an idx{expected_magic & 0xFF} "
                                  f"ubyte file)")
     ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+    raw_dims = stream.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
         raise DatasetFormatError(f"{path} is truncated inside its header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(dims, dtype=np.int64))
-    if len(raw) - header != expected:
+    dims = tuple(int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+    expected = math.prod(dims)  # Python ints: a header cannot overflow this
+    if expected > max_bytes:
+        raise DatasetFormatError(f"{path}: header says shape {dims} ({expected} bytes of data), "
+                                 f"more than the {max_bytes} an MNIST file may hold")
+    data = stream.read(expected)
+    extra = stream.read(1)
+    if len(data) != expected or extra:
+        held = "more (trailing data)" if extra else str(len(data))
         raise DatasetFormatError(f"{path}: header says shape {dims} ({expected} bytes of data) "
-                                 f"but the file holds {len(raw) - header}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+                                 f"but the file holds {held}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _find(raw_dir: Path, base: str) -> Path | None:

@@ -1,6 +1,7 @@
 """netshrink.core: the interface every netshrink package shares."""
 
 from netshrink.core.atomic import save_safetensors_atomic, write_atomic, write_text_atomic
+from netshrink.core.bounded_json import check_depth, loads_bounded
 from netshrink.core.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -33,7 +34,7 @@ __all__ = [
     "INPUT_SIGN_ATTR", "PACKED_BITS_ATTR", "FoldsAffine", "applies_sign_to_input",
     "SPEC_ATTR", "STAGES", "Checkpoint", "CheckpointError", "ModelStats", "Registry", "Stage",
     "apply_recipe", "save_safetensors_atomic", "write_atomic", "write_text_atomic",
-    "check_choice", "check_float", "check_int", "count_macs", "count_params", "describe_recipe",
+    "check_choice", "check_depth", "loads_bounded", "check_float", "check_int", "count_macs", "count_params", "describe_recipe",
     "flatten_optimizer_state", "load_checkpoint", "register_stage", "restore_optimizer_state",
     "save_checkpoint", "stage_from_description", "state_bytes",
 ]

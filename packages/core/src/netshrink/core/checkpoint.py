@@ -5,6 +5,10 @@ optimizer state (any other prefix) and a JSON metadata record (model name and ar
 recipe as described by its stages, training progress) in the safetensors header. Loading never
 unpickles anything. Files are written to a temporary name in the same folder and renamed, so a
 crash never leaves a half-written checkpoint under the real name.
+
+A checkpoint may come from anyone, so every reader here (``load_checkpoint``,
+``restore_optimizer_state``) raises CheckpointError for a malformed file or record: metadata that
+is not a JSON object, nests too deep or is too long, optimizer records of the wrong shape.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from netshrink.core.atomic import save_safetensors_atomic
+from netshrink.core.bounded_json import loads_bounded
 
 FORMAT = "netshrink-checkpoint"
 FORMAT_VERSION = 1
@@ -28,8 +33,11 @@ _META_KEY = "netshrink"
 MODEL_PREFIX = "model."
 
 
-class CheckpointError(RuntimeError):
-    """A file that is not a readable netshrink checkpoint."""
+class CheckpointError(ValueError, RuntimeError):
+    """A file that is not a readable netshrink checkpoint, or whose records are malformed.
+
+    A ValueError (bad input, which the CLI reports in one line) and, as before, a RuntimeError.
+    """
 
 
 @dataclass(frozen=True)
@@ -92,9 +100,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{path} is a safetensors file but not a netshrink checkpoint "
                               f"(no '{_META_KEY}' metadata)")
     try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: metadata is not valid JSON: {err}") from err
+        meta = loads_bounded(raw)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: unreadable '{_META_KEY}' metadata: {err}") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: '{_META_KEY}' metadata is a JSON "
+                              f"{type(meta).__name__}, expected an object")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown format {meta.get('format')!r}")
     version = meta.get("version")
@@ -126,13 +137,40 @@ def flatten_optimizer_state(optimizer: torch.optim.Optimizer,
 
 def restore_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                             record: dict[str, Any], prefix: str = "optim.") -> None:
-    """Inverse of ``flatten_optimizer_state``."""
+    """Inverse of ``flatten_optimizer_state``. ``tensors`` and ``record`` come from a file, so a
+    record of the wrong shape, or one the optimizer refuses, raises CheckpointError."""
+    if not isinstance(record, dict) or not isinstance(record.get("param_groups"), list):
+        raise CheckpointError(f"optimizer record must be an object with a 'param_groups' list; "
+                              f"got {_short(record)}")
+    if not all(isinstance(g, dict) for g in record["param_groups"]):
+        raise CheckpointError(f"optimizer 'param_groups' must be a list of objects; got "
+                              f"{_short(record['param_groups'])}")
+    scalars = record.get("scalars", {})
+    if not isinstance(scalars, dict) or not all(isinstance(v, dict) for v in scalars.values()):
+        raise CheckpointError(f"optimizer 'scalars' must map parameter indices to objects; got "
+                              f"{_short(scalars)}")
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if not name.startswith(prefix):
             continue
-        idx, key = name[len(prefix):].split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
-    for idx, st in record.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(st)
-    optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
+        idx, _, key = name[len(prefix):].partition(".")
+        state.setdefault(_param_index(idx, name), {})[key] = value
+    for idx, st in scalars.items():
+        state.setdefault(_param_index(idx, f"scalars[{idx!r}]"), {}).update(st)
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise CheckpointError(f"the optimizer state does not fit this optimizer: "
+                              f"{type(err).__name__}: {err}") from err
+
+
+def _param_index(text: str, where: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 9):
+        raise CheckpointError(f"optimizer state {where!r}: {text!r} is not a parameter index")
+    return int(text)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters, for error messages about file contents."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

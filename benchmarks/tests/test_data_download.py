@@ -394,3 +394,42 @@ def test_link_chain_escape_via_download_leaves_nothing(tmp_path: Path, server, s
         download_and_extract(url + archive.name, root, _md5(archive), "cifar-10-python.tar.gz")
     assert guard.read_text() == "original\n"
     assert _files(root) == []  # neither the archive nor a temp folder
+
+
+class _NoLength(http.server.BaseHTTPRequestHandler):
+    """Streams 3 MiB without a Content-Length header (a server that does not announce it)."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        for _ in range(3):
+            self.wfile.write(bytes(2**20))
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_download_larger_than_the_bound_is_refused_and_leaves_nothing(
+        tmp_path: Path, server, monkeypatch: pytest.MonkeyPatch, announced: bool):
+    from netshrink.bench.data import DownloadTooLargeError, download_url
+    if announced:
+        url, served = server
+        (served / "big.bin").write_bytes(bytes(3 * 2**20))
+        url = url + "big.bin"
+    else:
+        httpd = http.server.HTTPServer(("127.0.0.1", 0), _NoLength)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/big.bin"
+    dest = tmp_path / "out" / "big.bin"
+    try:
+        with pytest.raises(DownloadTooLargeError, match="2097152"):
+            download_url(url, dest, "0" * 32, max_bytes=2 * 2**20)
+        assert _files(dest.parent) == []  # no partial file, no temp file
+        assert download_url(url, dest, hashlib.md5(bytes(3 * 2**20)).hexdigest(),
+                            max_bytes=4 * 2**20) == dest  # a large enough bound: same URL works
+    finally:
+        if not announced:
+            httpd.shutdown()
+            httpd.server_close()

@@ -21,6 +21,7 @@ from netshrink.bench.data.dataset import (
 )
 from netshrink.bench.data.download import (
     ChecksumError,
+    DownloadTooLargeError,
     UnsafeArchiveError,
     download_and_extract,
     download_url,
@@ -34,7 +35,8 @@ from netshrink.bench.data.synthetic import synthetic
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "DATA_ENV", "MNIST_MEAN", "MNIST_STD", "SPLITS",
-    "ChecksumError", "DatasetFormatError", "DeviceLoader", "ImageData", "LoadOptions",
+    "ChecksumError", "DatasetFormatError", "DeviceLoader", "DownloadTooLargeError", "ImageData",
+    "LoadOptions",
     "PartialDatasetWarning", "UnsafeArchiveError", "download_and_extract", "download_url",
     "extract_tar_safely", "list_datasets", "load_cifar10", "load_dataset", "load_mnist",
     "read_idx", "register_dataset", "resolve_data_root", "synthetic", "write_fake_cifar10",

@@ -60,7 +60,7 @@ for name in $only; do
   fi
   if [ "$editable" = 1 ]; then args+=(-e "$dir"); else args+=("$dir"); fi
 done
-[ "$dev" = 1 ] && args+=(pytest pytest-benchmark ruff)
+[ "$dev" = 1 ] && args+=(pytest pytest-benchmark ruff hypothesis)
 
 export PIP_CONSTRAINT="$root/constraints.txt"   # also pins the build backends pip fetches
 "$py" -m pip install --quiet --disable-pip-version-check "${args[@]}"

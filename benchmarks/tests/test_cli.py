@@ -39,7 +39,7 @@ def test_train_then_resume_a_finished_run(tmp_path: Path):
     assert load_checkpoint(tmp_path / "checkpoints" / "epoch-0001.safetensors").meta["train"][
         "epochs_done"] == 1
     again = runner.invoke(app, args)
-    assert again.exit_code != 0 and "pass --resume" in str(again.exception)
+    assert again.exit_code == 2 and "pass --resume" in again.stderr
     resumed = runner.invoke(app, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((tmp_path / "summary.json").read_text())["test_accuracy"] == summary[

@@ -208,3 +208,22 @@ def test_malloc_tuning_applies_on_glibc_and_can_be_switched_off(monkeypatch):
     monkeypatch.delenv(ENV_SWITCH)
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is expected
+
+
+def test_resume_removes_temp_files_of_checkpoint_writes_killed_midway(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from netshrink.core.atomic import temp_name
+
+    _trainer(tmp_path, CONFIG).fit(stop_after=1)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    folder = tmp_path / "checkpoints"
+    orphan = folder / temp_name("epoch-0009.safetensors", pid=int(dead.stdout))  # never rewritten
+    live = folder / temp_name("epoch-0002.safetensors")  # this process: alive, kept
+    orphan.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"being written")
+    _trainer(tmp_path, CONFIG).fit(resume=True, stop_after=1)
+    assert not orphan.exists()
+    assert live.exists()

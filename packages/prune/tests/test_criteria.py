@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -130,3 +132,32 @@ def test_a_registered_criterion_can_be_used():
     plan = plan_channels(_DeadChannel().eval(), torch.randn(1, 3, 6, 6),
                          ChannelPruneConfig(criterion="test_last_channels_first", amount=0.5))
     assert plan.removed["conv"] == (2, 3)
+
+
+@pytest.mark.parametrize("criterion", ["bn_gamma", "l1", "fpgm", "random"])
+@pytest.mark.parametrize("where", ["conv.weight", "bn.weight", "bn.running_var"])
+def test_non_finite_weights_are_an_error_naming_the_layer(criterion, where):
+    """Before, NaN scores were silently kept out of the ranking: nothing was pruned."""
+    from netshrink.prune import NonFiniteScoreError, prune_channels
+
+    model = _DeadChannel().eval()
+    layer, attr = where.split(".")
+    with torch.no_grad():
+        getattr(getattr(model, layer), attr)[1] = float("nan")
+    with pytest.raises(NonFiniteScoreError, match=f"layer '{layer}' has non-finite {attr}"):
+        prune_channels(model, torch.randn(1, 3, 6, 6),
+                       ChannelPruneConfig(criterion=criterion, amount=0.5))
+    assert issubclass(NonFiniteScoreError, ValueError)
+
+
+def test_a_non_finite_score_is_an_error_naming_the_layer():
+    from netshrink.prune import NonFiniteScoreError
+
+    @register_criterion("test_inf_score")
+    def _score(ctx):
+        return {c: (math.inf if i == 0 else float(i))
+                for i, c in enumerate(ctx.graph.producers["conv"])}
+
+    with pytest.raises(NonFiniteScoreError, match="1 channel\\(s\\) a non-finite score.*'conv'"):
+        plan_channels(_DeadChannel().eval(), torch.randn(1, 3, 6, 6),
+                      ChannelPruneConfig(criterion="test_inf_score", amount=0.5))

@@ -2,6 +2,7 @@
 gradients on hand-made tensors, the config rules, quantize, the stage, packed files."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -233,10 +234,14 @@ def _lsq_rank(rank: int, store_path: str, out_path: str) -> None:
         dist.destroy_process_group()
 
 
-def test_lsq_initial_step_is_averaged_over_ddp_ranks(tmp_path):
+def test_lsq_initial_step_is_averaged_over_ddp_ranks(tmp_path, monkeypatch):
     dist = torch.distributed
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
+    # the spawned ranks import this module by its rootdir-relative name (pytest's importlib
+    # mode), so the repository root must be on their path also when pytest is not run as
+    # `python -m pytest` (which adds the working folder)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[3]))
     out = str(tmp_path / "step")
     torch.multiprocessing.spawn(_lsq_rank, args=(str(tmp_path / "store"), out), nprocs=2)
     steps = [torch.load(f"{out}.{r}", weights_only=True).item() for r in range(2)]

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from netshrink.bench.cli import validate
 from netshrink.core import ModelStats
 from netshrink.models import create_model, list_models
 
@@ -25,9 +26,16 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Print params, GMACs and float size of MODEL (at one input image)."""
+    validate.check_model_name(model)
+    validate.check_positive("--width", width)
+    validate.check_at_least("--num-classes", num_classes, 1)
+    validate.check_at_least("--input-size", input_size, 1)
+    validate.check_at_least("--in-channels", in_channels, 1)
     kwargs = model_kwargs(model, width=width, num_classes=num_classes, in_channels=in_channels)
     net = create_model(model, **kwargs)
-    s = ModelStats.measure(net, torch.zeros(1, in_channels, input_size, input_size))
+    example = torch.zeros(1, in_channels, input_size, input_size)
+    validate.check_runs_on(net, example, f"{model} (--input-size {input_size})")
+    s = ModelStats.measure(net, example)
     record = {
         "model": model,
         **kwargs,
@@ -38,7 +46,7 @@ def stats(
         "float_mb": s.float_bytes / 1e6,
     }
     if as_json:
-        print(json.dumps(record, sort_keys=True))
+        print(json.dumps(record, sort_keys=True, allow_nan=False))
         return
     table = Table(title=f"{model} at {in_channels}x{input_size}x{input_size}")
     for col in ("params (M)", "GMACs", "float size (MB)", "packed size (MB)"):

@@ -12,9 +12,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from netshrink.bench.cli import validate
 from netshrink.bench.cli.stats import model_kwargs
 from netshrink.bench.data import load_dataset, resolve_data_root
-from netshrink.bench.engine import DistEnv, TrainConfig, Trainer, write_summary
+from netshrink.bench.data.dataset import MNIST_SPLITS
+from netshrink.bench.engine import (
+    DistEnv,
+    NonFiniteError,
+    TrainConfig,
+    Trainer,
+    latest_checkpoint,
+    write_summary,
+)
 from netshrink.core import ModelStats
 from netshrink.models import create_model, save_model
 
@@ -91,6 +100,8 @@ def train(
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
+    _check_options(out=out, model=model, dataset=dataset, mnist_split=mnist_split, width=width,
+                   block_order=block_order, device=device, resume=resume)
     env = DistEnv.from_environment(device)
     try:
         _train(
@@ -110,6 +121,26 @@ def train(
         )
     finally:
         env.close()
+
+
+def _check_options(*, out: Path, model: str, dataset: str, mnist_split: str, width: float,
+                   block_order: str | None, device: str, resume: bool) -> None:
+    """Everything that can be checked before the data is loaded (which takes seconds)."""
+    validate.check_positive("--width", width)
+    validate.check_dataset(dataset)
+    validate.check_choice("--mnist-split", mnist_split, MNIST_SPLITS)
+    validate.check_device(device)
+    validate.check_model_name(model)
+    # the dataset's channels and classes are not known yet: 3 and 10 stand in for them
+    kwargs = model_kwargs(model, width=width, num_classes=10, in_channels=3)
+    if block_order is not None:
+        kwargs["block_order"] = block_order
+    validate.check_model_args(model, **kwargs)
+    validate.check_out_folder("--out", out)
+    if not resume and latest_checkpoint(out) is not None:
+        raise typer.BadParameter(f"--out {out} already holds checkpoints of an earlier run; pass "
+                                 "--resume to continue it, or choose another --out (nothing "
+                                 "was overwritten)")
 
 
 def _train(
@@ -155,7 +186,16 @@ def _train(
         show_progress=progress,
         log_every=log_every,
     )
-    result = trainer.fit(resume=resume)
+    try:
+        result = trainer.fit(resume=resume)
+    except NonFiniteError as err:  # no model, and a summary that says the run failed
+        if env.is_main:
+            (out / "model.safetensors").unlink(missing_ok=True)
+            write_summary(out / "summary.json", {
+                "status": "failed", "error": str(err), "epoch": err.epoch, "step": err.step,
+                "parameter": err.parameter, "model": model, "dataset": dataset,
+                "config": config.as_dict(), "history": [vars(r) for r in trainer.history]})
+        raise
     if not env.is_main:
         return
     example = test_data.images[:1].float().to(env.device)
@@ -163,6 +203,7 @@ def _train(
     save_model(out / "model.safetensors", trainer.model.cpu())
     final = result.final
     summary = {
+        "status": "ok",
         "model": model,
         "model_kwargs": kwargs,
         "dataset": dataset,

@@ -6,13 +6,17 @@ test split, TensorBoard scalars and an atomic checkpoint; ``fit(resume=True)`` c
 newest checkpoint and gives the same weights as an uninterrupted run, because everything random
 is a function of the seed and the epoch, and the learning rate a function of the step.
 Only rank 0 writes logs and checkpoints.
+
+A run whose loss, weights or test loss become NaN or infinite stops with ``NonFiniteError``
+(see ``finite``) before anything of that epoch is saved; ``--resume`` refuses a checkpoint made
+with other settings, data or recipe (see ``resume``) or holding non-finite weights.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -32,6 +36,10 @@ from netshrink.bench.engine.checkpoints import (
 )
 from netshrink.bench.engine.config import TrainConfig
 from netshrink.bench.engine.distributed import DistEnv
+from netshrink.bench.engine.evaluation import evaluate, recalibrate_bn
+from netshrink.bench.engine.finite import NonFiniteError, describe_parameter, first_non_finite
+from netshrink.bench.engine.jsonfile import write_json
+from netshrink.bench.engine.resume import ConfigMismatchError, check_resumable, data_record
 from netshrink.bench.engine.schedule import lr_at
 from netshrink.core import (
     Stage,
@@ -39,8 +47,11 @@ from netshrink.core import (
     load_checkpoint,
     restore_optimizer_state,
     save_checkpoint,
-    write_text_atomic,
+    sweep_stale_temp_files,
 )
+
+__all__ = ["ConfigMismatchError", "EpochRecord", "TrainResult", "Trainer", "evaluate",
+           "recalibrate_bn", "write_summary"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +88,6 @@ class TrainResult:
         return self.history[-1]
 
 
-class ConfigMismatchError(ValueError):
-    """``--resume`` found a checkpoint made with different settings."""
-
-
 class Trainer:
     """Trains ``model`` on ``train_data``, evaluates on ``test_data`` after every epoch."""
 
@@ -94,6 +101,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.stages = list(stages)
         self.meta = dict(meta or {})
+        # recorded in every checkpoint and compared on resume (with the config and ``meta``)
+        self.data_record = data_record(train_data, test_data)
+        self.stages_record = [s.describe() for s in self.stages]
         self.show_progress = show_progress and self.env.is_main
         self.log_every = max(1, log_every)
         device = self.env.device
@@ -170,6 +180,10 @@ class Trainer:
         self.train_loader.set_epoch(epoch)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.env.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.env.device)
+        # sum of every step's total loss: NaN/inf stays in it, so one look per logging
+        # interval (at the sync the logging pays anyway) sees any non-finite step
+        guard = torch.zeros((), dtype=torch.float64, device=self.env.device)
+        checked = self.step  # steps up to here are known to be finite
         seen = 0
         model_seconds = 0.0
         writer = self._writer
@@ -200,11 +214,15 @@ class Trainer:
                 model_seconds += time.perf_counter() - t0
                 detached = loss.detach()
                 loss_sum += detached.double() * y.numel()
+                guard += total.detach().double()
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += y.numel()
                 self.step += 1
                 if self.step % self.log_every == 0 or self.step == self.total_steps:
-                    global_loss = self._global_mean(detached)
+                    global_loss, guard_total = self._global_mean(detached, guard)
+                    if not math.isfinite(guard_total):
+                        raise self._diverged(epoch, checked)
+                    checked = self.step
                     if writer is not None:
                         writer.add_scalar("train/loss", global_loss, self.step)
                         writer.add_scalar("train/lr", lr, self.step)
@@ -215,9 +233,24 @@ class Trainer:
         self._average_buffers()
         for stage in self.stages:
             stage.after_epoch(self.model, epoch, cfg.epochs)
-        loss_total, correct_total, n = self.env.all_reduce_sum(
-            [loss_sum.item(), float(correct.item()), float(seen)])
+        bad_weight = first_non_finite(self.model)
+        loss_total, correct_total, n, guard_total, bad_ranks = self.env.all_reduce_sum(
+            [loss_sum.item(), float(correct.item()), float(seen), guard.item(),
+             float(bad_weight is not None)])
+        if not (math.isfinite(guard_total) and math.isfinite(loss_total)):
+            raise self._diverged(epoch, checked)
+        if bad_ranks:  # every rank sees the reduced flag, so all stop together
+            raise NonFiniteError(
+                f"training diverged: after epoch {epoch + 1} (step {self.step}) the model "
+                f"holds non-finite values; {describe_parameter(bad_weight)}. Nothing of this "
+                "epoch was saved; lower the learning rate or check the recipe",
+                epoch=epoch + 1, step=self.step, parameter=bad_weight)
         test_loss, test_acc = self.evaluate()
+        if not math.isfinite(test_loss):
+            raise NonFiniteError(
+                f"the test loss is {test_loss} after epoch {epoch + 1} (step {self.step}): "
+                "the model's outputs overflow although its weights are finite. Nothing of this "
+                "epoch was saved", epoch=epoch + 1, step=self.step)
         return EpochRecord(epoch=epoch + 1, step=self.step, lr=lr,
                            train_loss=loss_total / max(n, 1),
                            train_accuracy=correct_total / max(n, 1), test_loss=test_loss,
@@ -235,12 +268,22 @@ class Trainer:
                 torch.distributed.all_reduce(buf)
                 buf.div_(self.env.world_size)
 
-    def _global_mean(self, value: torch.Tensor) -> float:
-        if not self.env.distributed:
-            return float(value.item())
-        t = value.double().clone()
-        torch.distributed.all_reduce(t)
-        return float(t.item()) / self.env.world_size
+    def _global_mean(self, value: torch.Tensor, guard: torch.Tensor) -> tuple[float, float]:
+        """(mean of ``value`` over ranks, sum of ``guard`` over ranks), with one sync: the
+        reduced guard is the same on every rank, so a NaN on one rank stops all of them."""
+        t = torch.stack([value.double(), guard.double()])
+        if self.env.distributed:
+            torch.distributed.all_reduce(t)
+        mean, total = t.tolist()
+        return mean / self.env.world_size, total
+
+    def _diverged(self, epoch: int, checked: int) -> NonFiniteError:
+        bad = first_non_finite(self.model)
+        return NonFiniteError(
+            f"training diverged: the loss became non-finite (NaN or infinite) in epoch "
+            f"{epoch + 1}, between step {checked + 1} and step {self.step}; "
+            f"{describe_parameter(bad)}. Nothing of this epoch was saved; lower the learning "
+            "rate or check the recipe", epoch=epoch + 1, step=self.step, parameter=bad)
 
     # -- checkpoints ---------------------------------------------------------------------
     def _save(self, epochs_done: int) -> Path | None:
@@ -256,6 +299,7 @@ class Trainer:
             "epochs_done": epochs_done, "step": self.step, "config": self.config.as_dict(),
             "world_size": self.env.world_size, "optimizer": optim_record,
             "history": [dataclasses.asdict(r) for r in self.history],
+            "data": self.data_record, "stages": self.stages_record,
         }
         meta.setdefault("recipe", [s.describe() for s in self.stages])
         save_checkpoint(path, self.model, meta=meta, extra=extra)
@@ -264,6 +308,8 @@ class Trainer:
         return path
 
     def _resume(self) -> None:
+        if self.env.is_main:  # temp files of checkpoint writes killed mid-way (kill -9)
+            sweep_stale_temp_files(self.run_dir / "checkpoints")
         path = latest_checkpoint(self.run_dir)
         if path is None:
             if self.env.is_main:
@@ -273,19 +319,16 @@ class Trainer:
         train = ckpt.meta.get("train")
         if not isinstance(train, dict):
             raise ConfigMismatchError(f"{path} holds no training state; cannot resume from it")
-        saved = train["config"]
-        now = self.config.as_dict()
-        diff = {k: (saved.get(k), v) for k, v in now.items()
-                if k not in ("keep_checkpoints",) and saved.get(k) != v}
-        if diff:
-            shown = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise ConfigMismatchError(f"cannot resume {self.run_dir}: the settings differ "
-                                      f"({shown}); use the same settings or a new --out")
-        if ckpt.meta.get("model") != self.meta.get("model"):
-            raise ConfigMismatchError(
-                f"cannot resume {self.run_dir}: it trained model {ckpt.meta.get('model')}, "
-                f"not {self.meta.get('model')}")
+        check_resumable(self.run_dir, ckpt.meta, config=self.config.as_dict(),
+                        data=self.data_record, stages=self.stages_record, meta=self.meta)
         self.model.load_state_dict(ckpt.model_state)
+        bad = first_non_finite(self.model)
+        if bad is not None:
+            raise NonFiniteError(
+                f"cannot resume {self.run_dir}: checkpoint {path} holds non-finite weights "
+                f"({describe_parameter(bad)}); the run diverged before it was saved. Start "
+                "afresh in a new --out", epoch=int(train["epochs_done"]),
+                step=int(train["step"]), parameter=bad)
         restore_optimizer_state(self.optimizer, ckpt.extra, train["optimizer"])
         if "rng.cpu" in ckpt.extra:
             torch.set_rng_state(ckpt.extra["rng.cpu"])
@@ -304,64 +347,6 @@ class Trainer:
         self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
                                      purge_step=self.step if self.step else None)
         return self._writer
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader: DeviceLoader, batches: int,
-                   autocast: contextlib.AbstractContextManager | None = None) -> int:
-    """Reset every BatchNorm's running statistics and re-estimate them as the plain average
-    over ``batches`` training batches (momentum None), without touching any weight. A
-    BatchNorm those forward passes do not update (unused, or frozen, as quant's folded conv-BN
-    after ``freeze_bn_stats``) keeps its statistics. Returns the number recalibrated."""
-    bns = [m for m in model.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    momenta = [m.momentum for m in bns]
-    saved = [{k: v.clone() for k, v in m.state_dict().items() if k.startswith(("running_",
-                                                                               "num_batches"))}
-             for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    was_training = model.training
-    model.train()
-    try:
-        for i, (x, _) in enumerate(loader):
-            if i >= batches:
-                break
-            with autocast or contextlib.nullcontext():
-                model(x)
-    finally:
-        for m, momentum in zip(bns, momenta, strict=True):
-            m.momentum = momentum
-        model.train(was_training)
-    untouched = [(m, old) for m, old in zip(bns, saved, strict=True)
-                 if int(m.num_batches_tracked) == 0]
-    for m, old in untouched:
-        m.load_state_dict(old, strict=False)
-    return len(bns) - len(untouched)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, env: DistEnv | None = None,
-             autocast: contextlib.AbstractContextManager | None = None) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy) of ``model`` in eval mode over ``loader``, summed
-    over all DDP ranks (each rank evaluates its own shard)."""
-    env = env or DistEnv()
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
-    correct = torch.zeros((), dtype=torch.int64, device=env.device)
-    count = 0
-    for x, y in loader:
-        with autocast or contextlib.nullcontext():
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
-        count += y.numel()
-    model.train(was_training)
-    loss_total, correct_total, n = env.all_reduce_sum(
-        [loss_sum.item(), float(correct.item()), float(count)])
-    return loss_total / max(n, 1), correct_total / max(n, 1)
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -420,5 +405,6 @@ def _progress(show: bool, description: str, total: int):
 
 
 def write_summary(path: Path, payload: dict[str, Any]) -> None:
-    """Write a JSON file atomically."""
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    """Write a JSON file atomically, as standard JSON: a NaN or infinite value raises
+    ``NonStandardJSONError`` naming its key (see ``jsonfile``)."""
+    write_json(path, payload)

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from netshrink.bench.engine.jsonfile import read_json
 from netshrink.bench.tables.spec import Table
+from netshrink.core import write_atomic
 
 BEGIN = "<!-- bench:table:{name}:begin -->"
 END = "<!-- bench:table:{name}:end -->"
 
 
 def load_results(results_dir: Path, table: Table) -> dict[str, dict[str, Any]]:
-    """Row name -> result record, for the rows of ``table`` that have one."""
+    """Row name -> result record, for the rows of ``table`` that have one. Files are read as
+    standard JSON: one holding NaN/Infinity or cut short raises NonStandardJSONError naming
+    it."""
     out = {}
     for row in table.rows:
         path = results_dir / table.name / f"{row.name}.json"
         if path.is_file():
-            out[row.name] = json.loads(path.read_text())
+            out[row.name] = read_json(path)
     return out
 
 
@@ -153,7 +156,10 @@ def plot(results: dict[str, dict[str, Any]], table: Table, path: Path) -> Path:
     ax.set_title(table.title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    # atomically, like every file we write; the temp name ends in .tmp, so say the format
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt))
+    finally:
+        plt.close(fig)
     return path

@@ -5,10 +5,19 @@ everything that decides it (its spec under the profile, its upstream's hash, the
 the device type); a row whose hash matches is skipped. Training goes through the normal
 Trainer in ``runs/<table>/<row>/`` with ``resume=True``, so an interrupted row continues from
 its last epoch. Under torchrun every rank runs the loop (training is DDP); rank 0 writes.
+
+Two processes (two ``bench reproduce``) may share a runs folder: each row is run under an
+exclusive lock on ``runs/<table>/.<row>.lock`` (beside the row's folder, which may be deleted
+and recreated), held from the claim of the folder to the written result and released by the OS
+if the process dies. The second process waits for the row (then finds it cached) or, with
+``wait_for_lock=False``, stops with RowBusyError naming the holder's pid and the lock file.
+Under torchrun only rank 0 takes the lock; the ranks poll together, so none of them sits in a
+collective that could time out while the other process trains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,7 +25,7 @@ import platform
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,14 +34,27 @@ import torch
 from torch import nn
 
 from netshrink.bench.data import DeviceLoader, ImageData, load_dataset
-from netshrink.bench.engine import DistEnv, TrainConfig, Trainer, evaluate, write_summary
+from netshrink.bench.engine import DistEnv, TrainConfig, Trainer, evaluate, read_json, write_summary
 from netshrink.bench.tables.measure import measure_latency, packed_size
 from netshrink.bench.tables.profiles import Profile
 from netshrink.bench.tables.spec import Row, Table
-from netshrink.core import ModelStats, load_checkpoint, stage_from_description
+from netshrink.core import (
+    FileLock,
+    LockHeldError,
+    ModelStats,
+    load_checkpoint,
+    stage_from_description,
+    sweep_stale_temp_files,
+    write_text_atomic,
+)
 from netshrink.models import create_model, load_model, save_model
 
 FINAL = "final.safetensors"
+MARKER = "spec_hash"
+
+
+class RowBusyError(LockHeldError):
+    """Another process holds the row's lock and the run was told not to wait for it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +68,19 @@ class RunContext:
     test_data: ImageData
     show_progress: bool = True
     seed: int = 0
+    wait_for_lock: bool = True  # a row another process is running: wait for it, or fail
+    lock_poll_seconds: float = 0.5
 
     def result_path(self, row: Row) -> Path:
         return self.results_dir / self.table.name / f"{row.name}.json"
 
-    def run_dir(self, row: Row) -> Path:
-        return self.runs_dir / self.table.name / row.name
+    def run_dir(self, row: Row | str) -> Path:
+        return self.runs_dir / self.table.name / (row if isinstance(row, str) else row.name)
+
+    def lock_path(self, row: Row | str) -> Path:
+        """The row's lock file: beside its run folder, never inside it."""
+        name = row if isinstance(row, str) else row.name
+        return self.runs_dir / self.table.name / f".{name}.lock"
 
 
 def load_table_data(table: Table, profile: Profile, data_dir: Path,
@@ -73,7 +102,8 @@ def row_hash(row: Row, ctx: RunContext, upstream_hash: str | None) -> str:
               "train_images": len(ctx.train_data), "test_images": len(ctx.test_data),
               "device": ctx.env.device.type, "world_size": ctx.env.world_size,
               "seed": ctx.seed}
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(record, sort_keys=True, allow_nan=False).encode()
+                          ).hexdigest()[:16]
 
 
 def run_table(ctx: RunContext, rows: list[Row], *,
@@ -91,12 +121,54 @@ def run_table(ctx: RunContext, rows: list[Row], *,
                 on_row(row, "cached")
             results.append(cached)
             continue
-        if on_row:
-            on_row(row, "running")
-        result = _run_row(ctx, row, h)
-        ctx.env.barrier()
-        results.append(result)
+        with _row_lock(ctx, row.name, on_wait=(lambda msg, r=row: on_row(r, msg)) if on_row
+                       else None):
+            cached = _cached(ctx, row, h)  # another process may have just finished it
+            if cached is None:
+                if on_row:
+                    on_row(row, "running")
+                cached = _run_row(ctx, row, h, upstream_hash)
+            elif on_row:
+                on_row(row, "cached")
+        results.append(cached)
     return results
+
+
+@contextlib.contextmanager
+def _row_lock(ctx: RunContext, name: str,
+              on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold row ``name``'s lock (rank 0 takes it; every rank waits for it) for the block.
+
+    The ranks poll together (one small all-reduce per poll), so that no rank waits in a
+    barrier, whose timeout could expire, while another process runs the row. On a normal exit
+    the ranks meet at a barrier before rank 0 releases the lock.
+    """
+    env = ctx.env
+    path = ctx.lock_path(name)
+    lock = FileLock(path) if env.is_main else None
+    told = False
+    try:
+        while True:
+            got = lock.try_acquire() if lock is not None else False
+            pid = (lock.holder_pid() or 0) if lock is not None and not got else 0
+            got_any, holder = env.all_reduce_sum([float(got), float(pid)])
+            if got_any:
+                break
+            pid_seen = int(holder) if holder else None
+            message = (f"row {ctx.table.name}/{name} is being trained by another process "
+                       f"(pid {pid_seen or 'unknown'}, lock file {path})")
+            if not ctx.wait_for_lock:
+                raise RowBusyError(path, pid_seen, message + "; run again later, or wait for "
+                                   "it (without --no-wait)")
+            if not told and on_wait is not None:
+                on_wait(message + "; waiting")
+                told = True
+            time.sleep(ctx.lock_poll_seconds)
+        yield
+        env.barrier()
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _cached(ctx: RunContext, row: Row, h: str) -> dict[str, Any] | None:
@@ -104,19 +176,21 @@ def _cached(ctx: RunContext, row: Row, h: str) -> dict[str, Any] | None:
     if not path.is_file() or not (ctx.run_dir(row) / FINAL).is_file():
         return None
     try:
-        result = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        result = read_json(path)
+    except ValueError:  # truncated, or holds NaN/Infinity: not a result to reuse; rerun
         return None
-    return result if result.get("spec_hash") == h else None
+    return result if isinstance(result, dict) and result.get("spec_hash") == h else None
 
 
-def _run_row(ctx: RunContext, row: Row, h: str) -> dict[str, Any]:
+def _run_row(ctx: RunContext, row: Row, h: str, upstream_hash: str | None) -> dict[str, Any]:
+    """Claim the run folder, build, train and measure the row, write its result. The caller
+    holds the row's lock."""
     started = time.time()
     env = ctx.env
     run_dir = ctx.run_dir(row)
     _claim_run_dir(run_dir, h, env)
     torch.manual_seed(ctx.seed)
-    model, upstream_recipe = _starting_model(ctx, row)
+    model, upstream_recipe = _starting_model(ctx, row, upstream_hash)
     example = ctx.test_data.images[:1].float()
     stages = []
     for record in row.stages:
@@ -186,11 +260,22 @@ def _test_loader(ctx: RunContext) -> DeviceLoader:
                         world_size=env.world_size)
 
 
-def _starting_model(ctx: RunContext, row: Row) -> tuple[nn.Module, list[dict[str, Any]]]:
+def _starting_model(ctx: RunContext, row: Row, upstream_hash: str | None
+                    ) -> tuple[nn.Module, list[dict[str, Any]]]:
     if row.upstream is not None:
-        path = ctx.runs_dir / ctx.table.name / row.upstream / FINAL
-        recipe = list(load_checkpoint(path).meta.get("recipe", []))
-        return load_model(path).train(), recipe
+        # under the upstream's lock: another process may be retraining it with another spec
+        with _row_lock(ctx, row.upstream):
+            run_dir = ctx.run_dir(row.upstream)
+            marker = run_dir / MARKER
+            found = marker.read_text().strip() if marker.is_file() else None
+            if found is not None and found != upstream_hash:  # no marker: an older runs folder
+                raise RuntimeError(
+                    f"row {ctx.table.name}/{row.name} starts from {run_dir / FINAL}, but that "
+                    f"folder now holds spec {found}, not {upstream_hash}: another process "
+                    "retrained the upstream row with a different spec meanwhile; run again")
+            path = run_dir / FINAL
+            recipe = list(load_checkpoint(path).meta.get("recipe", []))
+            return load_model(path).train(), recipe
     kwargs = dict(row.model_kwargs)
     if not row.model.startswith("tv:"):
         kwargs["width"] = kwargs.get("width", 1.0) * ctx.profile.width
@@ -205,13 +290,20 @@ def _training_batches(ctx: RunContext, n: int = 4) -> list[tuple[torch.Tensor, t
 
 
 def _claim_run_dir(run_dir: Path, h: str, env: DistEnv) -> None:
-    """A run folder belongs to one spec hash; a changed spec starts the folder afresh."""
-    marker = run_dir / "spec_hash"
+    """A run folder belongs to one spec hash; a changed spec starts the folder afresh. A kept
+    folder (a resumed run) loses the temp files of atomic writes its killed runs left behind.
+
+    Only with the row's lock held (``_row_lock``): the lock is what guarantees that the folder
+    deleted here is not one another live process is training in.
+    """
+    marker = run_dir / MARKER
     if env.is_main:
         if run_dir.exists() and (not marker.is_file() or marker.read_text().strip() != h):
             shutil.rmtree(run_dir)
+        else:
+            sweep_stale_temp_files(run_dir, recursive=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(h + "\n")
+        write_text_atomic(marker, h + "\n")
     env.barrier()
 
 

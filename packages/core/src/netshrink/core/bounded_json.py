@@ -24,13 +24,17 @@ def loads_bounded(text: str | bytes, *, max_chars: int = MAX_JSON_CHARS,
         raise ValueError(f"JSON text of {len(text)} characters is longer than the "
                          f"{max_chars} allowed")
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise ValueError(f"JSON nests deeper than the {max_depth} levels allowed") from None
     except ValueError as err:  # JSONDecodeError, and int conversion over sys's digit limit
         raise ValueError(f"not valid JSON: {err}") from err
     check_depth(value, max_depth)
     return value
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not standard JSON (non-finite numbers are not stored)")
 
 
 def check_depth(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:

@@ -64,7 +64,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module | dict[str, t
         tensors[name] = t.detach().to("cpu").contiguous()
     _dedupe_shared(tensors)
     record = {**(meta or {}), "format": FORMAT, "version": FORMAT_VERSION}
-    header = {_META_KEY: json.dumps(record, sort_keys=True)}
+    header = {_META_KEY: json.dumps(record, sort_keys=True, allow_nan=False)}
     return save_safetensors_atomic(path, tensors, metadata=header)
 
 

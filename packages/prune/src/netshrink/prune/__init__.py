@@ -25,6 +25,7 @@ from netshrink.prune.channel_prune import (
 from netshrink.prune.criteria import (
     CRITERIA,
     CriterionContext,
+    NonFiniteScoreError,
     apoz_scores,
     bn_gamma_scores,
     fpgm_scores,
@@ -58,8 +59,8 @@ __all__ = [
     "CRITERIA", "MODES", "SCOPES",
     "ChannelPlan", "ChannelPruneConfig", "ChannelPruneStage", "ChannelPruneStageConfig",
     "CriterionContext", "DependencyGraph", "MagnitudePruneConfig", "MagnitudePruneStage",
-    "ModulePlan", "PruningGroup", "SlimmingConfig", "SlimmingStage", "SparsePack",
-    "UntraceableModelError",
+    "ModulePlan", "NonFiniteScoreError", "PruningGroup", "SlimmingConfig", "SlimmingStage",
+    "SparsePack", "UntraceableModelError",
     "agp_sparsity", "apoz_scores", "apply_masks", "apply_plan", "apply_structure",
     "bn_gamma_scores", "channel_structure", "fpgm_scores", "ignored_classes", "l1_scores",
     "l2_scores", "list_criteria", "magnitude_prune", "mean_activation_scores", "pack_sparse",

@@ -5,6 +5,8 @@ less important channel. ``score_classes`` applies the registered criterion to a 
 ``DependencyGraph`` and averages the scores of all channels of a class (e.g. the BatchNorms of a
 residual stream). A class the criterion cannot score (``bn_gamma`` on a linear neuron without a
 BatchNorm, ``apoz`` on a channel that never passes an activation) gets no score and is kept.
+Non-finite weights or scores are an error (``NonFiniteScoreError``, naming the layer): ranking
+NaNs would prune nothing (or anything) without a word.
 
 ==================  ======================================================================
 ``bn_gamma``        |gamma| of the BatchNorm after the channel (network slimming, Liu 2017)
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -117,12 +120,44 @@ def list_criteria() -> list[str]:
     return CRITERIA.names()
 
 
+class NonFiniteScoreError(ValueError):
+    """A layer's weights, or the importance scores computed from them, are NaN or infinite."""
+
+
+def _check_finite_weights(name: str, context: CriterionContext) -> None:
+    """Every parameter and floating buffer of the graph's producers and followers is finite."""
+    graph = context.graph
+    for layer in (*graph.producers, *graph.followers):
+        for pname, t in (*context.model.get_submodule(layer).named_parameters(),
+                         *context.model.get_submodule(layer).named_buffers()):
+            if t.is_floating_point() and t.device.type != "meta" and not bool(
+                    torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise NonFiniteScoreError(
+                    f"cannot score channels with criterion {name!r}: layer {layer!r} has "
+                    f"non-finite {pname} ({bad} of {t.numel()} values NaN or infinite); "
+                    "prune a model whose weights are finite")
+
+
 def score_classes(name: str, context: CriterionContext) -> dict[int, float]:
-    """Score every class of ``context.graph`` with criterion ``name``."""
+    """Score every class of ``context.graph`` with criterion ``name``.
+
+    Raises NonFiniteScoreError (a ValueError) naming the layer if a weight of a prunable
+    layer, or a score, is NaN or infinite."""
     criterion = CRITERIA.get(name)
     if criterion.needs_data and context.data is None:
         raise ValueError(f"criterion {name!r} needs data: pass a few batches as data=")
-    return criterion.score(context)
+    _check_finite_weights(name, context)
+    scores = criterion.score(context)
+    bad = sorted(c for c, v in scores.items() if not math.isfinite(v))
+    if bad:
+        producers = context.graph.producers_of()
+        layers = sorted({layer for c in bad for layer, _ in producers.get(c, [])})
+        raise NonFiniteScoreError(
+            f"criterion {name!r} gave {len(bad)} channel(s) a non-finite score (NaN or "
+            f"infinite), in layer(s) {', '.join(map(repr, layers)) or '(no producer)'}; "
+            "check the data given to the criterion and the model's outputs")
+    return scores
 
 
 def _average(per_channel: Iterable[tuple[list[int], torch.Tensor]]) -> dict[int, float]:

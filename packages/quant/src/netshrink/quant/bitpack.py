@@ -14,10 +14,16 @@ from __future__ import annotations
 import torch
 
 _TRIT_WEIGHTS = torch.tensor([1, 3, 9, 27, 81], dtype=torch.uint8)
+#: The code widths a packed file may hold: 1..8 bits, or 1.6 (base-3 ternary).
+CODE_BITS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 1.6})
 
 
 def packed_nbytes(n: int, bits: float) -> int:
     """Bytes that ``n`` codes take when packed (``bits=1.6`` for base-3 ternary)."""
+    if isinstance(bits, bool) or bits not in CODE_BITS:
+        raise ValueError(f"bits={bits!r} is not allowed; choose one of: 1, 2, ..., 8, 1.6")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"the code count must be an integer >= 0, got {n!r}")
     if bits == 1.6:
         return -(-n // 5)
     return -(-n * int(bits) // 8)

@@ -113,6 +113,13 @@ class QuantConvBn2d(QuantConv2d):
         self.bn.weight.mul_(scale.to(self.bn.weight))
         self.bn.bias.mul_(scale.to(self.bn.bias)).add_(shift.to(self.bn.bias))
 
+    def _latent_weight(self) -> torch.Tensor:
+        return self.folded_weight().detach()
+
+    def _epilogue(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The eval formula: no output scale, the folded bias."""
+        return None, self.folded_bias().detach().clone()
+
     def freeze_weight(self) -> None:
         raise NotImplementedError("save_packed / load_packed give the frozen (deployed) form of "
                                   "a QuantConvBn2d: a QuantConv2d with the folded bias")

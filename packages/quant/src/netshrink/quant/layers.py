@@ -13,6 +13,9 @@ fake-quantizes its input with ``input_quant`` and its latent float weight with
   codes untouched: ``y = conv(x_q, w_q) * out_scale + bias``. ``scale`` may be negative or 0.
 * ``freeze_weight()`` replaces the latent weight by its codes (``FrozenWeight``): what a
   model loaded from a packed file holds.
+* ``integer_form()`` (``netshrink.core.HasIntegerForm``) describes the eval-mode layer as
+  integer weight codes with scale and zero point, the input's quantization, and the float
+  epilogue (``out_scale``, bias), for exporters such as ``netshrink.deploy``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netshrink.core import INPUT_SIGN_ATTR, PACKED_BITS_ATTR
+from netshrink.core import INPUT_SIGN_ATTR, PACKED_BITS_ATTR, IntegerForm
 from netshrink.quant.quantizers import ActQuantizer, BinaryAct, WeightQuantizer
 
 
@@ -136,6 +139,59 @@ class _QuantLayer:
         self.weight = None
         self.weight_quant = frozen
         setattr(self, PACKED_BITS_ATTR, {})
+
+    @torch.no_grad()
+    def integer_form(self) -> IntegerForm | None:
+        """The eval-mode layer as integer weights (``netshrink.core.IntegerForm``): codes whose
+        dequantized value equals ``quantized_weight()`` exactly. None when the weight or the
+        input is not on an integer grid (float, float16); ValueError (saying why) when the
+        layer cannot be described (a grouped transposed conv with per-channel scales, an
+        affine input quantizer that has seen no data)."""
+        wq = self.weight_quant
+        if wq is None:
+            return None
+        if isinstance(wq, FrozenWeight):
+            quantizer = wq.quantizer
+            codes, params = wq.codes, {name: getattr(wq, name) for name in wq.param_names}
+        else:
+            quantizer = wq
+            codes, params = wq.encode(self._out_major(self._latent_weight()))
+        grid = quantizer.integer_grid(codes, params)
+        if grid is None:
+            return None
+        act = None
+        if self.input_quant is not None:
+            act = self.input_quant.activation_form()
+            if act is None:
+                return None
+        q2d, scale, zero_point = grid
+        axis = self._channel_axis()
+        if scale.dim() == 1 and axis is None:
+            raise ValueError(f"{type(self).__name__} with groups={self.groups} has per-channel "
+                             "weight scales, but its output channels do not lie along one axis "
+                             "of the weight")
+        q = self._from_out_major(q2d.contiguous())
+        lo = min(int(q.min()), int(zero_point.min()))
+        hi = max(int(q.max()), int(zero_point.max()))
+        narrow = torch.int8 if lo >= -128 and hi <= 127 else torch.int16
+        out_scale, bias = self._epilogue()
+        return IntegerForm(
+            codes=q.to(narrow), weight_scale=scale, weight_zero_point=zero_point.to(narrow),
+            axis=axis or 0, bits=int(-(-quantizer.bits // 1)), input=act,
+            output_scale=out_scale, bias=bias)
+
+    def _latent_weight(self) -> torch.Tensor:
+        """The float weight the weight quantizer sees."""
+        return self.weight.detach()
+
+    def _epilogue(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(out_scale, bias)`` applied after the conv / product (eval mode)."""
+        return (None if self.out_scale is None else self.out_scale.detach().clone(),
+                None if self.bias is None else self.bias.detach().clone())
+
+    def _channel_axis(self) -> int | None:
+        """The weight axis of the output channels (None: they do not lie along one axis)."""
+        return 0
 
     def deploy_state(self) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         """What a packed file stores for this layer: the float weight its codes encode
@@ -250,6 +306,9 @@ class QuantConvTranspose2d(_QuantLayer, nn.ConvTranspose2d):
         g = self.groups
         grouped = w2d.reshape(g, self.out_channels // g, self.in_channels // g, -1)
         return grouped.transpose(1, 2).reshape(self._weight_shape())
+
+    def _channel_axis(self) -> int | None:
+        return 1 if self.groups == 1 else None
 
     @property
     def num_out_channels(self) -> int:

@@ -8,6 +8,11 @@ what a packed file stores) and ``decode`` (codes back to float weights). The tra
 estimator, which is why a packed model's outputs are bit-identical to the fake-quantized one.
 
 Activation quantizers are elementwise, have no codes to store, and are rebuilt from ``spec()``.
+
+Both describe their integer grid for exporters (``netshrink.core.IntegerForm``):
+``integer_grid`` gives a weight's codes as signed integers with a scale and zero point,
+``activation_form`` the input's quantization; None where the values are not on an integer
+grid (float16).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from netshrink.core import ActivationForm
 
 
 class WeightQuantizer(nn.Module):
@@ -44,6 +51,14 @@ class WeightQuantizer(nn.Module):
         """JSON-able constructor arguments (with ``kind``): enough to rebuild ``decode``."""
         raise NotImplementedError
 
+    def integer_grid(self, codes: torch.Tensor, params: dict[str, torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(q, scale, zero_point)`` with ``decode(codes, params) == (q - zero_point) * scale``
+        exactly: ``q`` signed integers (int32, out-major), ``scale`` float32 and
+        ``zero_point`` int32, each of shape ``(out_channels,)`` or ``()``. None (the default):
+        the weights are not on an integer grid."""
+        return None
+
 
 class ActQuantizer(nn.Module):
     """Fake-quantizes a layer's input activation elementwise."""
@@ -54,6 +69,12 @@ class ActQuantizer(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def activation_form(self) -> ActivationForm | None:
+        """The quantization as scale, zero point and code range (eval mode), for exporters.
+        None (the default): the output is not on an integer grid. ``ValueError`` when it
+        cannot be described yet."""
+        return None
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "kind")

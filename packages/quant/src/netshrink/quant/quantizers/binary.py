@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from netshrink.core import ActivationForm
 from netshrink.quant.estimators import quantize_scaled_with_estimator, quantize_with_estimator
 from netshrink.quant.quantizers.base import ActQuantizer, WeightQuantizer
 from netshrink.quant.quantizers.registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
@@ -78,6 +79,12 @@ class BinaryWeight(WeightQuantizer):
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "estimator": self.estimator, "scale": self.scale}
 
+    def integer_grid(self, codes: torch.Tensor, params: dict[str, torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-1 / +1 with the per-channel scale (or 1 for the whole layer), zero point 0."""
+        q = codes.to(torch.int32) * 2 - 1
+        return q, _float32_scale(params, self.scale), torch.zeros((), dtype=torch.int32)
+
     def extra_repr(self) -> str:
         return f"estimator={self.estimator!r}, scale={self.scale}"
 
@@ -98,3 +105,14 @@ class BinaryAct(ActQuantizer):
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "estimator": self.estimator}
+
+    def activation_form(self) -> ActivationForm:
+        """sign with 0 mapped to +1."""
+        return ActivationForm("sign", 1.0, 0, -1, 1)
+
+
+def _float32_scale(params: dict[str, torch.Tensor], scaled: bool) -> torch.Tensor:
+    """The per-channel scale of scaled binary / ternary codes, else a float32 1."""
+    if scaled:
+        return params["scale"].detach().to(torch.float32)
+    return torch.ones((), dtype=torch.float32)

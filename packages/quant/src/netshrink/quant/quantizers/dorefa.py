@@ -9,6 +9,11 @@ Activations: ``round(clamp(x, 0, c) * n / c) / (n / c)`` with clip ``c`` (``a_cl
 DoReFa): ``n + 1`` levels in ``[0, c]``, ``k * c / n`` exactly rounded. The input is not
 rescaled first: with BatchNorm and ReLU before the layer, values above ``c`` saturate.
 Rounding is half-to-even (``torch.round``).
+
+The weight levels are ``(2c - n) / n`` (as the reference implementation computes them, so
+training stays bit-identical to it); their integer form (``integer_grid``) is the odd integers
+``2c - n`` with the float32 step ``1 / n``, whose product differs from the division by at most
+one ulp on some levels (an integer runtime computes the product).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 import torch
 
+from netshrink.core import ActivationForm
 from netshrink.quant.estimators import quantize_with_estimator
 from netshrink.quant.quantizers.base import ActQuantizer, WeightQuantizer
 from netshrink.quant.quantizers.registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
@@ -51,6 +57,11 @@ class DoReFaWeight(WeightQuantizer):
         t = torch.tanh(w2d)
         return t / (2.0 * t.abs().max().clamp_min(_TINY)) + 0.5
 
+    @property
+    def _step(self) -> torch.Tensor:
+        """``1 / n`` as a float32 scalar: the levels are the odd integers ``2c - n`` times it."""
+        return torch.tensor(1.0 / self._n, dtype=torch.float32)
+
     def _levels(self, codes: torch.Tensor) -> torch.Tensor:
         # (2c - n) / n: exact integers, one correctly rounded division, so the levels are
         # exactly symmetric (2c/n - 1 would not be in float32)
@@ -69,6 +80,13 @@ class DoReFaWeight(WeightQuantizer):
 
     def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._levels(codes.to(torch.float32))
+
+    def integer_grid(self, codes: torch.Tensor, params: dict[str, torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Odd integers ``2c - n`` in ``[-n, n]`` (8 bits: ``[-255, 255]``, beyond int8), one
+        scale ``1 / n`` for the whole layer, zero point 0."""
+        q = codes.to(torch.int32) * 2 - self._n
+        return q, self._step, torch.zeros((), dtype=torch.int32)
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "bits": self.bits, "estimator": self.estimator}
@@ -103,3 +121,9 @@ class DoReFaAct(ActQuantizer):
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "bits": self.bits, "estimator": self.estimator,
                 "clip": self.clip}
+
+    def activation_form(self) -> ActivationForm:
+        """Codes ``0..n`` with step ``clip / n`` (the forward multiplies by ``n / clip``
+        instead of dividing by the step: the two round alike except, rarely, at a tie)."""
+        n = 2 ** self.bits - 1
+        return ActivationForm("affine", self.clip / n, 0, 0, n)

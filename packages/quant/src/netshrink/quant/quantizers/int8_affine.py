@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from netshrink.core import ActivationForm
 from netshrink.quant.estimators import quantize_with_estimator
 from netshrink.quant.observers import Observer, make_observer
 from netshrink.quant.quantizers.base import ActQuantizer, WeightQuantizer
@@ -134,6 +135,18 @@ class AffineWeight(WeightQuantizer):
         return {"kind": self.kind, "bits": self.bits, "per_channel": self.per_channel,
                 "symmetric": self.symmetric, "estimator": self.estimator}
 
+    def integer_grid(self, codes: torch.Tensor, params: dict[str, torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Codes and zero points shifted down by ``2**(bits-1)`` (uint8 -> int8: symmetric
+        weights get zero point 0 and codes -127..127); the scale as stored."""
+        offset = 2 ** (self.bits - 1)
+        q = codes.to(torch.int32) - offset
+        zp = params["zero_point"].detach().round().to(torch.int32) - offset
+        scale = params["scale"].detach().to(torch.float32)
+        if not self.per_channel:
+            scale, zp = scale.reshape(()), zp.reshape(())
+        return q, scale, zp
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "kind")
 
@@ -204,3 +217,12 @@ class AffineAct(ActQuantizer):
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "bits": self.bits, "symmetric": self.symmetric,
                 "estimator": self.estimator, **self.observer.spec()}
+
+    def activation_form(self) -> ActivationForm:
+        """Codes ``0..2**bits - 1`` around the observed range's zero point (ValueError before
+        any range was observed: the input then passes unchanged, with no scale to export)."""
+        if not self.observer.has_range:
+            raise ValueError("its affine input quantizer has observed no range yet (train it "
+                             "with QAT or calibrate it first), so it has no scale")
+        scale, zp = self.params()
+        return ActivationForm("affine", float(scale), int(zp), 0, 2 ** self.bits - 1)

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from netshrink.core import check_float
+from netshrink.core import ActivationForm, check_float
 from netshrink.quant.quantizers.base import ActQuantizer
 from netshrink.quant.quantizers.dorefa import _check_bits
 from netshrink.quant.quantizers.registry import ACT_QUANTIZERS
@@ -116,3 +116,8 @@ class LSQAct(ActQuantizer):
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "bits": self.bits, "clip": self.clip}
+
+    def activation_form(self) -> ActivationForm:
+        """Codes ``0..Qp`` with the learned step size as the scale (the same arithmetic)."""
+        return ActivationForm("affine", float(self.step_size.detach().clamp_min(_TINY)), 0, 0,
+                              self.qp)

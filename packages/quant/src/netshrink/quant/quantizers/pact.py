@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netshrink.core import check_float
+from netshrink.core import ActivationForm, check_float
 from netshrink.quant.quantizers.base import ActQuantizer
 from netshrink.quant.quantizers.dorefa import _check_bits
 from netshrink.quant.quantizers.registry import ACT_QUANTIZERS
@@ -79,3 +79,9 @@ class PACTAct(ActQuantizer):
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "bits": self.bits, "clip": self.clip}
+
+    def activation_form(self) -> ActivationForm:
+        """Codes ``0..n`` with step ``alpha / n`` (the learned clip)."""
+        n = 2 ** self.bits - 1
+        alpha = float(self.alpha.detach().clamp_min(_TINY))
+        return ActivationForm("affine", alpha / n, 0, 0, n)

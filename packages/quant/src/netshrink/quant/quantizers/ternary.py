@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 
+from netshrink.core import ActivationForm
 from netshrink.quant.estimators import quantize_scaled_with_estimator, quantize_with_estimator
 from netshrink.quant.quantizers.base import ActQuantizer, WeightQuantizer
+from netshrink.quant.quantizers.binary import _float32_scale
 from netshrink.quant.quantizers.registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 
 #: TWN's threshold factor: ``D = THRESHOLD * mean|w|`` per output channel.
@@ -116,6 +118,12 @@ class TernaryWeight(WeightQuantizer):
         return {"kind": self.kind, "estimator": self.estimator, "scale": self.scale,
                 "gap": self.gap}
 
+    def integer_grid(self, codes: torch.Tensor, params: dict[str, torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-1 / 0 / +1 with the per-channel scale (or 1 for the whole layer), zero point 0."""
+        q = codes.to(torch.int32) - 1
+        return q, _float32_scale(params, self.scale), torch.zeros((), dtype=torch.int32)
+
     def extra_repr(self) -> str:
         return f"estimator={self.estimator!r}, scale={self.scale}, gap={self.gap}"
 
@@ -139,3 +147,7 @@ class TernaryAct(ActQuantizer):
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "estimator": self.estimator}
+
+    def activation_form(self) -> ActivationForm:
+        """Codes -1, 0, +1 with step 1 (``round(clamp(x, -1, 1)) == clamp(round(x), -1, 1)``)."""
+        return ActivationForm("affine", 1.0, 0, -1, 1)

@@ -1,0 +1,16 @@
+"""netshrink.deploy: every compressed model form to ONNX, checked in ONNX Runtime.
+
+    from netshrink.deploy import export_onnx, check_onnx
+    path = export_onnx(model, example_input, "model.onnx")   # quantized layers as QDQ, int8
+    report = check_onnx(path, model, images, labels)        # agreement, accuracy, integer ops
+
+Depends on netshrink-core, torch, onnx and onnxruntime; never on netshrink-quant: quantized
+layers describe themselves through ``netshrink.core.HasIntegerForm``.
+"""
+
+from netshrink.deploy.check import INTEGER_OPS, OnnxCheck, check_onnx
+from netshrink.deploy.export import DEFAULT_OPSET, ExportError, deploy_copy, export_onnx
+from netshrink.deploy.qdq import QDQInput, QDQLayer
+
+__all__ = ["DEFAULT_OPSET", "INTEGER_OPS", "ExportError", "OnnxCheck", "QDQInput", "QDQLayer",
+           "check_onnx", "deploy_copy", "export_onnx"]

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from netshrink.bench.cli import export as _export
 from netshrink.bench.cli import fuse as _fuse
 from netshrink.bench.cli import stats as _stats
 from netshrink.bench.cli import tables as _tables
@@ -43,6 +44,7 @@ for _name, _command in (
     ("report", _tables.report),
     ("check", _tables.check),
     ("fuse-check", _fuse.fuse_check),
+    ("export", _export.export),
 ):
     app.command(_name)(report_errors(_command))
 

@@ -1,7 +1,14 @@
-"""``bench train``: train one model on one dataset (CPU, CUDA, or DDP under torchrun)."""
+"""``bench train``: train one model on one dataset (CPU, CUDA, or DDP under torchrun).
+
+``--teacher CHECKPOINT`` trains by knowledge distillation (``netshrink.distill``): the teacher
+is loaded with ``load_model`` (the safe loader) before any data, checked against the dataset's
+classes and input once the data is there, evaluated on the test split, and recorded in the
+checkpoints' meta and summary.json. The student's model.safetensors does not need it to load.
+"""
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from pathlib import Path
@@ -24,8 +31,14 @@ from netshrink.bench.engine import (
     latest_checkpoint,
     write_summary,
 )
+from netshrink.bench.engine.evaluation import evaluate
 from netshrink.core import ModelStats
-from netshrink.models import create_model, save_model
+from netshrink.distill import DistillConfig, DistillStage
+from netshrink.models import create_model, load_model, save_model
+
+#: Distillation defaults when --teacher is given without --kd-alpha / --kd-temperature.
+KD_ALPHA = DistillConfig.alpha
+KD_TEMPERATURE = DistillConfig.temperature
 
 
 def train(
@@ -80,6 +93,21 @@ def train(
     ] = False,
     log_every: Annotated[int, typer.Option(help="Log the training loss every N steps.")] = 10,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(help="Distil from this model checkpoint (model.safetensors of an "
+                     "earlier bench train); it must predict the dataset's classes."),
+    ] = None,
+    kd_alpha: Annotated[
+        float | None,
+        typer.Option(help=f"With --teacher: weight of the distillation term in [0, 1] "
+                     f"(default {KD_ALPHA}); 1 - alpha weighs the cross-entropy."),
+    ] = None,
+    kd_temperature: Annotated[
+        float | None,
+        typer.Option(help=f"With --teacher: softmax temperature T > 0 (default "
+                     f"{KD_TEMPERATURE})."),
+    ] = None,
 ) -> None:
     """Train MODEL on DATASET; print accuracy, GMACs, params and size."""
     try:
@@ -102,6 +130,7 @@ def train(
         raise typer.BadParameter(str(err)) from err
     _check_options(out=out, model=model, dataset=dataset, mnist_split=mnist_split, width=width,
                    block_order=block_order, device=device, resume=resume)
+    distill = _distill_stage(teacher, kd_alpha, kd_temperature)  # before any data is loaded
     env = DistEnv.from_environment(device)
     try:
         _train(
@@ -118,9 +147,48 @@ def train(
             resume=resume,
             log_every=log_every,
             progress=progress,
+            distill=distill,
         )
     finally:
         env.close()
+
+
+def _distill_stage(teacher: Path | None, alpha: float | None,
+                   temperature: float | None) -> DistillStage | None:
+    """The distillation stage of ``--teacher`` (None without one): options checked, teacher
+    loaded with the safe loader (a file that is not a checkpoint is one error line)."""
+    if teacher is None:
+        given = [name for name, value in (("--kd-alpha", alpha),
+                                          ("--kd-temperature", temperature)) if value is not None]
+        if given:
+            verb = "needs" if len(given) == 1 else "need"
+            raise typer.BadParameter(f"{' and '.join(given)} {verb} --teacher CHECKPOINT (the "
+                                     "model to distil from)")
+        return None
+    alpha = KD_ALPHA if alpha is None else alpha
+    temperature = KD_TEMPERATURE if temperature is None else temperature
+    if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
+        raise typer.BadParameter(f"--kd-alpha {alpha} is not allowed; it must be between 0 "
+                                 "and 1 (the weight of the distillation term)")
+    validate.check_positive("--kd-temperature", temperature)
+    validate.check_in_file("--teacher", teacher, "a model checkpoint (the model.safetensors "
+                           "of an earlier bench train)")
+    config = DistillConfig(alpha=alpha, temperature=temperature)
+    path = teacher.expanduser().resolve()
+    return DistillStage(config, load_model(path), teacher_path=path)
+
+
+def _check_teacher(stage: DistillStage, example: torch.Tensor, num_classes: int,
+                   dataset: str) -> None:
+    """The teacher takes the dataset's images and predicts its number of classes."""
+    path = stage.describe()["teacher"]["checkpoint"]
+    assert stage.teacher is not None
+    validate.check_runs_on(stage.teacher, example, f"the teacher {path}")
+    with torch.no_grad():
+        classes = int(stage.teacher(example).shape[-1])
+    if classes != num_classes:
+        raise typer.BadParameter(f"--teacher {path} predicts {classes} classes, but {dataset} "
+                                 f"has {num_classes}; distil from a model of this dataset")
 
 
 def _check_options(*, out: Path, model: str, dataset: str, mnist_split: str, width: float,
@@ -158,6 +226,7 @@ def _train(
     resume: bool,
     log_every: int,
     progress: bool,
+    distill: DistillStage | None = None,
 ) -> None:
     started = time.time()
     root = resolve_data_root(data_dir)
@@ -172,9 +241,18 @@ def _train(
     )
     if block_order is not None:
         kwargs["block_order"] = block_order
+    teacher_info = None
+    if distill is not None:  # on the training device from here on (the stage keeps it there)
+        assert distill.teacher is not None
+        distill.teacher.to(env.device)
+        _check_teacher(distill, test_data.images[:1].float().to(env.device),
+                       train_data.num_classes, dataset)
+        teacher_info = {**distill.describe()["teacher"], **vars(distill.config)}
     torch.manual_seed(config.seed)
     net = create_model(model, **kwargs)
     meta = {"model": net.netshrink_spec, "dataset": dataset}
+    if teacher_info is not None:
+        meta["teacher"] = teacher_info
     trainer = Trainer(
         net,
         train_data,
@@ -182,10 +260,19 @@ def _train(
         config,
         out,
         env=env,
+        stages=[distill] if distill is not None else [],
         meta=meta,
         show_progress=progress,
         log_every=log_every,
     )
+    if distill is not None and teacher_info is not None:
+        assert distill.teacher is not None
+        _, teacher_acc = evaluate(distill.teacher, trainer.test_loader, env, trainer.autocast)
+        teacher_info = {**teacher_info, "test_accuracy": teacher_acc}
+        if env.is_main:
+            print(f"teacher {teacher_info['checkpoint']}: test accuracy "
+                  f"{100 * teacher_acc:.2f}% (alpha {distill.config.alpha}, "
+                  f"T {distill.config.temperature})", flush=True)
     try:
         result = trainer.fit(resume=resume)
     except NonFiniteError as err:  # no model, and a summary that says the run failed
@@ -194,13 +281,16 @@ def _train(
             write_summary(out / "summary.json", {
                 "status": "failed", "error": str(err), "epoch": err.epoch, "step": err.step,
                 "parameter": err.parameter, "model": model, "dataset": dataset,
-                "config": config.as_dict(), "history": [vars(r) for r in trainer.history]})
+                "config": config.as_dict(), "teacher": teacher_info,
+                "history": [vars(r) for r in trainer.history]})
         raise
     if not env.is_main:
         return
     example = test_data.images[:1].float().to(env.device)
     stats = ModelStats.measure(trainer.model, example)
-    save_model(out / "model.safetensors", trainer.model.cpu())
+    # the teacher is recorded, not needed: the student loads without it (no recipe stage)
+    save_model(out / "model.safetensors", trainer.model.cpu(),
+               extra_meta={"teacher": teacher_info} if teacher_info is not None else None)
     final = result.final
     summary = {
         "status": "ok",
@@ -216,6 +306,7 @@ def _train(
         "torch": torch.__version__,
         "python": platform.python_version(),
         "test_accuracy": final.test_accuracy,
+        "teacher": teacher_info,
         "stats": stats.as_dict(),
         "gmacs": stats.gmacs,
         "mparams": stats.mparams,

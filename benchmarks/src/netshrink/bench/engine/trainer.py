@@ -7,6 +7,11 @@ newest checkpoint and gives the same weights as an uninterrupted run, because ev
 is a function of the seed and the epoch, and the learning rate a function of the step.
 Only rank 0 writes logs and checkpoints.
 
+The loss of a step is the cross-entropy, or what the recipe's one stage with a
+``training_loss`` hook makes of it (distillation: inputs and logits in, the KD loss out; under
+DDP each rank's stage sees its own shard), plus every stage's ``extra_loss``. The recorded
+``train_loss`` stays the cross-entropy, comparable between runs with and without such a stage.
+
 A run whose loss, weights or test loss become NaN or infinite stops with ``NonFiniteError``
 (see ``finite``) before anything of that epoch is saved; ``--resume`` refuses a checkpoint made
 with other settings, data or recipe (see ``resume``) or holding non-finite weights.
@@ -49,6 +54,7 @@ from netshrink.core import (
     save_checkpoint,
     sweep_stale_temp_files,
 )
+from netshrink.core.stage import loss_stage
 
 __all__ = ["ConfigMismatchError", "EpochRecord", "TrainResult", "Trainer", "evaluate",
            "recalibrate_bn", "write_summary"]
@@ -100,6 +106,11 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.stages = list(stages)
+        # the one stage whose training_loss hook replaces the cross-entropy (distillation);
+        # two such stages are an error here, before any step. Stages that do not override the
+        # hook would return None: calling only this one is calling it for every stage.
+        owner = loss_stage(self.stages)
+        self._loss_hook = owner.training_loss if owner is not None else None
         self.meta = dict(meta or {})
         # recorded in every checkpoint and compared on resume (with the config and ``meta``)
         self.data_record = data_record(train_data, test_data)
@@ -201,7 +212,11 @@ class Trainer:
                     logits = self.net(x)
                     loss = F.cross_entropy(logits.float(), y,
                                            label_smoothing=cfg.label_smoothing)
-                total = loss
+                    total = loss
+                    if self._loss_hook is not None:  # under autocast, as the teacher must be
+                        replaced = self._loss_hook(x, logits, y, loss)
+                        if replaced is not None:
+                            total = replaced
                 for stage in self.stages:
                     extra = stage.extra_loss(self.model)
                     if extra is not None:

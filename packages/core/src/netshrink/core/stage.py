@@ -1,10 +1,11 @@
 """The Stage interface: one compression step (quantize, prune, fuse, ...) with a frozen config.
 
 A stage turns a model into a compressed model with ``apply``. Stages that act during training
-(a slimming penalty, a gradual sparsity schedule) override the optional hooks; the training
-engine calls them for every stage in the recipe. ``describe`` gives a JSON-able record that
-checkpoints store, so a saved model can be rebuilt: ``stage_from_description`` finds the stage
-class again by its ``kind``, importing the netshrink package that owns it.
+(a slimming penalty, a gradual sparsity schedule, distillation from a teacher) override the
+optional hooks; the training engine calls them for every stage in the recipe. ``describe``
+gives a JSON-able record that checkpoints store, so a saved model can be rebuilt:
+``stage_from_description`` finds the stage class again by its ``kind``, importing the netshrink
+package that owns it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,22 @@ class Stage(ABC):
         return {"kind": self.kind, "config": _jsonable(dataclasses.asdict(self.config))}
 
     # Optional training hooks --------------------------------------------------------------
+    # Per step the engine computes, under its autocast, ``outputs = model(inputs)`` and
+    # ``base_loss = cross_entropy(outputs, targets)``; then ``loss = training_loss(...)`` of the
+    # one stage that overrides it (else ``base_loss``); then adds every ``extra_loss``.
+    def training_loss(self, inputs: torch.Tensor, outputs: torch.Tensor,
+                      targets: torch.Tensor, base_loss: torch.Tensor) -> torch.Tensor | None:
+        """The loss to train on in place of ``base_loss``, for stages that need the batch
+        (distillation: the teacher's logits for ``inputs``); None keeps ``base_loss``.
+
+        Called every training step under the engine's autocast, with the batch's ``inputs``,
+        the student's ``outputs`` (logits, possibly low precision) and ``targets``; keep
+        ``base_loss`` in the result to add to it rather than replace it. At most one stage of a
+        recipe may override this hook (``loss_stage`` checks), since a second replacement
+        would silently drop the first.
+        """
+        return None
+
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         """A term added to the training loss (e.g. L1 on BN scales); None for none."""
         return None
@@ -135,6 +152,26 @@ def apply_recipe(model: nn.Module, stages: Sequence[Stage]) -> nn.Module:
         if spec is not None and getattr(model, SPEC_ATTR, None) is None:
             setattr(model, SPEC_ATTR, spec)
     return model
+
+
+def overrides_training_loss(stage: Stage) -> bool:
+    """Whether ``stage``'s class overrides ``Stage.training_loss`` (a stage-like object that is
+    no Stage subclass and has no such method, written before the hook existed, does not)."""
+    hook = getattr(type(stage), "training_loss", None)
+    return hook is not None and hook is not Stage.training_loss
+
+
+def loss_stage(stages: Sequence[Stage]) -> Stage | None:
+    """The one stage of ``stages`` that overrides ``training_loss`` (None if none); a recipe
+    with two is a ValueError naming them, found before any training step runs."""
+    owners = [(i, s) for i, s in enumerate(stages) if overrides_training_loss(s)]
+    if len(owners) > 1:
+        names = ", ".join(f"{getattr(s, 'kind', '') or type(s).__name__} (stage {i})"
+                          for i, s in owners)
+        raise ValueError(f"at most one stage of a recipe may replace the training loss "
+                         f"(training_loss); these {len(owners)} do: {names}. Combine them in one "
+                         "stage, or move the extra terms to extra_loss")
+    return owners[0][1] if owners else None
 
 
 def describe_recipe(stages: Sequence[Stage]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
     from netshrink.deploy import export_onnx, check_onnx
     path = export_onnx(model, example_input, "model.onnx")   # quantized layers as QDQ, int8
     report = check_onnx(path, model, images, labels)        # agreement, accuracy, integer ops
+    session = open_session("openvino", path)                # or "onnxruntime": run and time
 
 Depends on netshrink-core, torch, onnx and onnxruntime; never on netshrink-quant: quantized
 layers describe themselves through ``netshrink.core.HasIntegerForm``.
@@ -11,6 +12,24 @@ layers describe themselves through ``netshrink.core.HasIntegerForm``.
 from netshrink.deploy.check import INTEGER_OPS, OnnxCheck, check_onnx
 from netshrink.deploy.export import DEFAULT_OPSET, ExportError, deploy_copy, export_onnx
 from netshrink.deploy.qdq import QDQInput, QDQLayer
+from netshrink.deploy.runtimes import (
+    RUNTIMES,
+    Agreement,
+    RuntimeNotInstalledError,
+    RuntimeSession,
+    compare_logits,
+    list_runtimes,
+    measure_latency,
+    open_session,
+    register_runtime,
+    require_runtime,
+    run_batched,
+    runtime_available,
+    torch_logits,
+)
 
-__all__ = ["DEFAULT_OPSET", "INTEGER_OPS", "ExportError", "OnnxCheck", "QDQInput", "QDQLayer",
-           "check_onnx", "deploy_copy", "export_onnx"]
+__all__ = ["DEFAULT_OPSET", "INTEGER_OPS", "RUNTIMES", "Agreement", "ExportError", "OnnxCheck",
+           "QDQInput", "QDQLayer", "RuntimeNotInstalledError", "RuntimeSession", "check_onnx",
+           "compare_logits", "deploy_copy", "export_onnx", "list_runtimes", "measure_latency",
+           "open_session", "register_runtime", "require_runtime", "run_batched",
+           "runtime_available", "torch_logits"]

@@ -1,19 +1,26 @@
-"""ONNX Runtime CPU latency: float NIN, our int8 QAT export (QDQ, netshrink.deploy), and ONNX
-Runtime's own static QDQ int8 (``quantize_static``) of the same float NIN, side by side.
+"""ONNX Runtime CPU accuracy and latency of a TRAINED NIN: ORT float, ORT's own static QDQ int8
+(``quantize_static``) of the same float model, and our exports (netshrink.deploy): int8 QAT,
+DoReFa W4A4 and binary, side by side in one run.
 
     .venv/bin/python -m pytest benchmarks/micro/test_onnx_latency.py -s
 
-NIN at width 1, 32x32 inputs, batch 1 and 64, ONNX Runtime's default threads and optimization
-level. Random weights (BatchNorm statistics set from random images); the int8 QAT model's
-observers see the same images, and ``quantize_static`` calibrates on them too. Prints a table
-of median latencies and ratios to float (no assertion on time); checks that each int8 model
-runs QLinearConv (its top-1 agreement with PyTorch is printed: random weights on random
-images give near-tied logits, so it is no accuracy figure). NETSHRINK_BENCH_ROUNDS sets
-the batch-64 rounds (batch 1 runs ten times as many).
+The benchmark trains itself (nothing is cached): a float NIN (width NETSHRINK_BENCH_WIDTH,
+default 0.25) for NETSHRINK_BENCH_EPOCHS epochs (default 3) on the CIFAR-10 subset at
+NETSHRINK_DATA (default ``../shared/datasets`` from the project root; the synthetic dataset
+when it is missing, which the header says), then fine-tunes copies of it with quantization
+for NETSHRINK_BENCH_QAT_EPOCHS epochs (default 1): int8 QAT (``scheme="int8_affine"``, every
+conv quantized, as ``quantize_static`` does), W4A4 (first and last layer float, the
+``QuantConfig`` default) and binary weights and activations. ``quantize_static`` (QDQ,
+per-channel int8 weights, uint8 activations) calibrates on 512 training images. Accuracy is
+ONNX Runtime's on the test images; latency is the median at batch 1 and 64 with ORT's default
+threads and optimization level (NETSHRINK_BENCH_ROUNDS batch-64 rounds, batch 1 ten times
+as many). Prints one table with ratios to ORT float; asserts no time, only that the int8
+exports run QLinearConv and agree with PyTorch on >= 99 % of the test images.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import time
@@ -23,23 +30,67 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 from onnxruntime.quantization import (
     CalibrationDataReader,
     QuantFormat,
     QuantType,
     quantize_static,
 )
+from torch import nn
 
+from netshrink.bench.data.dataset import load_dataset
+from netshrink.bench.data.synthetic import synthetic
 from netshrink.deploy import check_onnx, export_onnx
 from netshrink.models import create_model
 from netshrink.quant import QuantConfig, quantize
 
 ROUNDS = int(os.environ.get("NETSHRINK_BENCH_ROUNDS", "10"))
+WIDTH = float(os.environ.get("NETSHRINK_BENCH_WIDTH", "0.25"))
+EPOCHS = int(os.environ.get("NETSHRINK_BENCH_EPOCHS", "3"))
+QAT_EPOCHS = int(os.environ.get("NETSHRINK_BENCH_QAT_EPOCHS", "1"))
 BATCHES = (1, 64)
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def _images(n: int, seed: int) -> torch.Tensor:
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+def _data() -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(source, train images, train labels, test images, test labels), images normalised."""
+    root = Path(os.environ.get("NETSHRINK_DATA", ROOT.parent / "shared" / "datasets"))
+    if (root / "cifar-10-batches-py").is_dir():
+        train, test = load_dataset("cifar10", "train", root), load_dataset("cifar10", "test", root)
+        source = f"CIFAR-10 subset at {root}"
+    else:
+        train, test = synthetic("train", 5120), synthetic("test", 1024)
+        source = "synthetic dataset (no CIFAR-10 at NETSHRINK_DATA)"
+    mean = torch.tensor(train.mean).view(1, -1, 1, 1)
+    std = torch.tensor(train.std).view(1, -1, 1, 1)
+
+    def norm(images: torch.Tensor) -> torch.Tensor:
+        return ((images.float() / 255 - mean) / std).contiguous()
+
+    return source, norm(train.images), train.labels, norm(test.images), test.labels
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float) -> None:
+    """SGD with momentum, cosine learning rate, random horizontal flips, batch 128."""
+    g = torch.Generator().manual_seed(0)
+    steps = epochs * -(-len(x) // 128)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for start in range(0, len(x), 128):
+            idx = order[start:start + 128]
+            batch = x[idx]
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
+            loss = F.cross_entropy(model(batch), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
 
 
 class _Reader(CalibrationDataReader):
@@ -61,49 +112,77 @@ def _latency_ms(session: ort.InferenceSession, x: np.ndarray, rounds: int) -> fl
     return statistics.median(times) * 1e3
 
 
-def _files(folder: Path) -> tuple[dict[str, Path], float]:
-    torch.manual_seed(0)
-    calib = [_images(64, seed) for seed in range(4)]
-    model = create_model("nin")
-    model.train()
-    with torch.no_grad():  # BatchNorm statistics of the data, as after training
-        for x in calib:
-            model(x)
-    model.eval()
-    files = {"ort float": export_onnx(model, calib[0][:1], folder / "float.onnx")}
-    quantize_static(str(files["ort float"]), str(folder / "ort_int8.onnx"), _Reader(calib),
-                    quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    files["ort quantize_static int8"] = folder / "ort_int8.onnx"
-    qat = quantize(model, QuantConfig(w=8, a=8, scheme="int8_affine"))
-    qat.train()
-    with torch.no_grad():
-        for x in calib:
-            qat(x)
-    qat.eval()
-    files["netshrink int8 QAT"] = export_onnx(qat, calib[0][:1], folder / "qat_int8.onnx")
-    report = check_onnx(files["netshrink int8 QAT"], qat, _images(256, 99))
-    assert "QLinearConv" in report.integer_ops
-    return files, report.agreement
+def _ort_accuracy(path: Path, x: torch.Tensor, y: torch.Tensor) -> float:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    hits = 0
+    for start in range(0, len(x), 256):
+        out = session.run(None, {"input": x[start:start + 256].numpy()})[0]
+        hits += int((out.argmax(1) == y[start:start + 256].numpy()).sum())
+    return hits / len(x)
 
 
 @pytest.mark.slow
-def test_onnx_int8_latency(tmp_path, capsys) -> None:
-    files, agreement = _files(tmp_path)
-    rows = []
+def test_onnx_trained_nin_qat_vs_ort_ptq(tmp_path, capsys) -> None:
+    torch.manual_seed(0)
+    source, x_train, y_train, x_test, y_test = _data()
+    t0 = time.perf_counter()
+    model = create_model("nin", width=WIDTH)
+    _train(model, x_train, y_train, EPOCHS, lr=0.05)
+    t_float = time.perf_counter() - t0
+    example = x_test[:1]
+    files = {"ORT float": export_onnx(model, example, tmp_path / "float.onnx")}
+    calib = [x_train[i:i + 64] for i in range(0, 512, 64)]
+    quantize_static(str(files["ORT float"]), str(tmp_path / "ort_int8.onnx"), _Reader(calib),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    files["ORT quantize_static int8"] = tmp_path / "ort_int8.onnx"
+    configs = {
+        "netshrink int8 QAT": (QuantConfig(w=8, a=8, scheme="int8_affine", first="same",
+                                           last="same"), 0.01),
+        "netshrink W4A4 (DoReFa)": (QuantConfig(w=4, a=4), 0.01),
+        "netshrink binary W1A1": (QuantConfig(w="binary", a="binary"), 0.01),
+    }
+    torch_acc, checks = {}, {}
+    t0 = time.perf_counter()
+    for name, (config, lr) in configs.items():
+        qmodel = quantize(copy.deepcopy(model), config)
+        _train(qmodel, x_train, y_train, QAT_EPOCHS, lr=lr)
+        path = export_onnx(qmodel, example, tmp_path / f"{len(files)}.onnx")
+        files[name] = path
+        checks[name] = check_onnx(path, qmodel, x_test, y_test)
+        torch_acc[name] = checks[name].torch_accuracy
+    t_qat = time.perf_counter() - t0
+    with torch.no_grad():
+        torch_acc["ORT float"] = float((model(x_test).argmax(1) == y_test).float().mean())
+    int8 = checks["netshrink int8 QAT"]
+    assert int8.integer_ops.get("QLinearConv", 0) >= 7 and int8.agreement >= 0.99
+
+    rows = {name: {"acc": _ort_accuracy(path, x_test, y_test),
+                   "MB": path.stat().st_size / 2**20} for name, path in files.items()}
     for batch in BATCHES:
-        x = _images(batch, 7).numpy()
+        x = x_test[:batch].numpy()
         rounds = ROUNDS * (10 if batch == 1 else 1)
-        latencies = {}
         for name, path in files.items():
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            latencies[name] = _latency_ms(session, x, rounds)
-        base = latencies["ort float"]
-        rows += [(batch, name, ms, base / ms) for name, ms in latencies.items()]
+            rows[name][batch] = _latency_ms(session, x, rounds)
+    base = rows["ORT float"]
     with capsys.disabled():
-        print(f"\nONNX Runtime {ort.__version__}, NIN width 1, CPU threads default "
-              f"({os.cpu_count()} cores); int8 QAT top-1 agreement with PyTorch on 256 random "
-              f"images: {agreement:.3f} (random weights: near-tied logits)")
-        print(f"{'batch':>5}  {'model':<26} {'median ms':>10} {'speed-up vs float':>18}")
-        for batch, name, ms, ratio in rows:
-            print(f"{batch:>5}  {name:<26} {ms:>10.2f} {ratio:>17.2f}x")
+        print(f"\nONNX Runtime {ort.__version__}, NIN width {WIDTH}, {source}: "
+              f"{len(x_train)} train / {len(x_test)} test images; float {EPOCHS} epochs "
+              f"({t_float:.0f} s), each QAT {QAT_EPOCHS} epochs ({t_qat:.0f} s for all); "
+              f"CPU threads default ({os.cpu_count()} cores)")
+        print(f"{'model':<26} {'ORT acc':>8} {'torch acc':>9} {'agree':>6} {'MB':>6} "
+              f"{'b1 ms':>8} {'x':>6} {'b64 ms':>8} {'x':>6}  integer kernels")
+        for name, r in rows.items():
+            c = checks.get(name)
+            t_acc = torch_acc.get(name)
+            print(f"{name:<26} {r['acc']:>8.4f} "
+                  f"{'-' if t_acc is None else f'{t_acc:.4f}':>9} "
+                  f"{'-' if c is None else f'{c.agreement:.3f}':>6} {r['MB']:>6.3f} "
+                  f"{r[1]:>8.2f} {base[1] / r[1]:>5.2f}x {r[64]:>8.2f} {base[64] / r[64]:>5.2f}x"
+                  f"  {'' if c is None else c.integer_ops}")
+        ptq = rows["ORT quantize_static int8"]
+        ours = rows["netshrink int8 QAT"]
+        print(f"int8 QAT vs ORT PTQ: accuracy {ours['acc'] - ptq['acc']:+.4f}, speed-up "
+              f"b1 x{base[1] / ours[1]:.2f} vs x{base[1] / ptq[1]:.2f}, "
+              f"b64 x{base[64] / ours[64]:.2f} vs x{base[64] / ptq[64]:.2f}")

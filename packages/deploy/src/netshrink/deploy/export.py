@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from netshrink.core import HasIntegerForm, check_int, write_atomic
+from netshrink.deploy.fold import fuse_for_integer_kernels
 from netshrink.deploy.qdq import QDQLayer
 
 #: Default ONNX opset (QuantizeLinear / DequantizeLinear with per-axis scales need >= 13;
@@ -45,11 +46,16 @@ class ExportError(RuntimeError):
 
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike[str], *,
-                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True) -> Path:
+                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+                integer_kernels: bool = True) -> Path:
     """Write ``model`` (evaluated in eval mode; the model itself is not changed) as ONNX to
     ``path`` and return the path. ``example_input``: one input batch (its shape, but for the
     batch dimension when ``dynamic_batch``, is fixed in the file). Raises ``ExportError``
-    naming the layer and the reason for anything that cannot be exported."""
+    naming the layer and the reason for anything that cannot be exported.
+    ``integer_kernels``: rewrite the QDQ graph so that ONNX Runtime fuses it into integer
+    kernels (``netshrink.deploy.fold``: epilogues and BatchNorms folded into the conv, k-bit
+    Clips and binary signs moved onto the uint8 codes); False keeps the layer-by-layer
+    export (exact, but ORT keeps those convs float)."""
     check_int("opset", opset, min_value=DEFAULT_OPSET)
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
         raise ExportError(f"example_input must be a tensor with a batch dimension, got "
@@ -64,6 +70,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
         example = torch.cat([example, example])  # a batch of 1 would be specialised
     program = _torch_export(export_model, example, opset, dynamic_batch)
     proto = program.model_proto
+    if integer_kernels:
+        proto = fuse_for_integer_kernels(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,

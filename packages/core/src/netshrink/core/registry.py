@@ -23,6 +23,12 @@ class Registry(Generic[T]):
             return obj
         return add
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return what it named (ValueError listing the known names when
+        it is not registered): lets tests and experiments undo a registration."""
+        self.get(name)
+        return self._items.pop(name)
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]
@@ -32,6 +38,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def ordered(self) -> list[str]:
+        """The names in registration order (built-ins first, as their modules list them)."""
+        return list(self._items)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -37,6 +37,7 @@ from netshrink.prune.criteria import (
     register_criterion,
     score_classes,
     taylor_scores,
+    unregister_criterion,
 )
 from netshrink.prune.graph import DependencyGraph, PruningGroup
 from netshrink.prune.magnitude import (
@@ -51,20 +52,29 @@ from netshrink.prune.magnitude import (
     weight_sparsity,
 )
 from netshrink.prune.planning import ChannelPlan, ModulePlan
+from netshrink.prune.pruners import (
+    PRUNERS,
+    LayerPruner,
+    find_pruner,
+    list_pruners,
+    register_pruner,
+    registered_pruner,
+    unregister_pruner,
+)
 from netshrink.prune.slimming import SlimmingConfig, SlimmingStage, slimming_penalty
 from netshrink.prune.surgery import apply_plan, apply_structure, channel_structure
 from netshrink.prune.tracing import UntraceableModelError, trace
 
 __all__ = [
-    "CRITERIA", "MODES", "SCOPES",
-    "ChannelPlan", "ChannelPruneConfig", "ChannelPruneStage", "ChannelPruneStageConfig",
-    "CriterionContext", "DependencyGraph", "MagnitudePruneConfig", "MagnitudePruneStage",
-    "ModulePlan", "NonFiniteScoreError", "PruningGroup", "SlimmingConfig", "SlimmingStage",
-    "SparsePack", "UntraceableModelError",
-    "agp_sparsity", "apoz_scores", "apply_masks", "apply_plan", "apply_structure",
-    "bn_gamma_scores", "channel_structure", "fpgm_scores", "ignored_classes", "l1_scores",
-    "l2_scores", "list_criteria", "magnitude_prune", "mean_activation_scores", "pack_sparse",
-    "plan_channels", "prune_channels", "random_scores", "register_criterion",
-    "score_classes", "slimming_penalty", "taylor_scores", "trace", "unpack_sparse",
-    "weight_sparsity", "zero_filters",
+    "CRITERIA", "ChannelPlan", "ChannelPruneConfig", "ChannelPruneStage",
+    "ChannelPruneStageConfig", "CriterionContext", "DependencyGraph", "LayerPruner", "MODES",
+    "MagnitudePruneConfig", "MagnitudePruneStage", "ModulePlan", "NonFiniteScoreError", "PRUNERS",
+    "PruningGroup", "SCOPES", "SlimmingConfig", "SlimmingStage", "SparsePack",
+    "UntraceableModelError", "agp_sparsity", "apoz_scores", "apply_masks", "apply_plan",
+    "apply_structure", "bn_gamma_scores", "channel_structure", "find_pruner", "fpgm_scores",
+    "ignored_classes", "l1_scores", "l2_scores", "list_criteria", "list_pruners",
+    "magnitude_prune", "mean_activation_scores", "pack_sparse", "plan_channels", "prune_channels",
+    "random_scores", "register_criterion", "register_pruner", "registered_pruner", "score_classes",
+    "slimming_penalty", "taylor_scores", "trace", "unpack_sparse", "unregister_criterion",
+    "unregister_pruner", "weight_sparsity", "zero_filters",
 ]

@@ -39,6 +39,7 @@ from netshrink.core import (
 from netshrink.prune.criteria import CriterionContext, list_criteria, score_classes
 from netshrink.prune.graph import DependencyGraph
 from netshrink.prune.planning import ChannelPlan, PlanViolation, make_plan
+from netshrink.prune.pruners import find_pruner
 from netshrink.prune.selection import select_dropped
 from netshrink.prune.surgery import apply_plan, apply_structure, channel_structure
 
@@ -130,8 +131,40 @@ def plan_channels(model: nn.Module, example_input: torch.Tensor, config: Channel
                 pinned = pinned | violation.classes  # keep them and select again
 
     if config.macs_target is None:
-        return plan_for(config.amount)
-    return _search_macs(model, example_input, config.macs_target, plan_for)
+        plan = plan_for(config.amount)
+    else:
+        plan = _search_macs(model, example_input, config.macs_target, plan_for)
+    if plan.removed_channels == 0 and (config.amount or 0.0) + (config.macs_target or 0.0):
+        _check_unregistered(model, graph)
+    return plan
+
+
+def _check_unregistered(model: nn.Module, graph: DependencyGraph) -> None:
+    """Nothing was pruned although channels were asked for: when modules of a type without a
+    registered pruner read their own tensors inside the traced forward (which pins every
+    channel they touch), raise a TypeError naming them instead of returning an unpruned model.
+    """
+    owners: dict[str, str] = {}
+    for node in graph.gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        owner_name = str(node.target).rpartition(".")[0]
+        if not owner_name:  # the model's own tensors
+            continue
+        try:
+            owner = model.get_submodule(owner_name)
+        except AttributeError:
+            continue
+        if find_pruner(type(owner)) is None:
+            owners.setdefault(owner_name, type(owner).__name__)
+    if owners:
+        shown = ", ".join(f"{name!r} ({kind})" for name, kind in owners.items())
+        kinds = ", ".join(sorted(set(owners.values())))
+        raise TypeError(
+            f"pruning {type(model).__name__} removed no channels: module(s) {shown} use their "
+            f"own parameters or buffers per channel, which pins the channels they touch, and "
+            f"no pruner is registered for {kinds}; register one with "
+            "netshrink.prune.register_pruner (see docs/extending.md)")
 
 
 def _search_macs(model: nn.Module, example_input: torch.Tensor, target: float,
@@ -286,10 +319,12 @@ class ChannelPruneStage(Stage):
 
 @torch.no_grad()
 def zero_filters(model: nn.Module, plan: ChannelPlan) -> None:
-    """Zero the removed output filters (weight rows and bias) of every conv / linear."""
+    """Zero the removed output filters (weight rows and bias) of every conv / linear (layers
+    with a per-channel pruner, such as BatchNorms, are left alone)."""
     for name, idx in plan.removed.items():
         m = model.get_submodule(name)
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) or not idx:
+        pruner = find_pruner(type(m))
+        if not idx or pruner is None or pruner.per_channel:  # BatchNorms, channel scales
             continue
         index = torch.tensor(idx, dtype=torch.long, device=m.weight.device)
         m.weight[index] = 0

@@ -116,6 +116,11 @@ def register_criterion(name: str, *, needs_data: bool = False):
     return add
 
 
+def unregister_criterion(name: str) -> None:
+    """Remove criterion ``name`` (ValueError listing the known names when it is unknown)."""
+    CRITERIA.unregister(name)
+
+
 def list_criteria() -> list[str]:
     return CRITERIA.names()
 

@@ -29,6 +29,7 @@ from torch.fx.node import Node, map_arg
 
 from netshrink.prune import _labels as L
 from netshrink.prune._shape_ops import ShapeOps, dim_arg, size_spec
+from netshrink.prune.pruners import find_pruner
 
 # -- records --------------------------------------------------------------------------------
 
@@ -182,14 +183,20 @@ class LabelPropagator(ShapeOps, torch.fx.Interpreter):
 
     def param_module(self, n: Node, m: nn.Module, args: tuple,
                      simulate: bool) -> tuple[Any, Any]:
-        """Conv, linear and BatchNorm: record the call; return (labels, dummy value or None)."""
+        """A module with a registered pruner (conv, linear, BatchNorm, user-registered types):
+        record the call; return (labels, dummy value or None). A per-channel pruner (BatchNorm,
+        a channel scale, ...) ties output channel i to input channel i (kind ``"bn"``)."""
         x = args[0]
         lab = self.arg_labels(n)[0][0]
-        if isinstance(m, L.BN_TYPES):
-            vec = L.channel_vector(lab, x.shape[1], 1)
-            if vec is None:
+        pruner = find_pruner(type(m))
+        if pruner.per_channel:
+            dim = pruner.channel_dim % x.ndim
+            vec = L.channel_vector(lab, x.shape[dim], dim)
+            out = vec
+            if vec is None:  # channels unreadable here (e.g. a wrong channel_dim): kept
                 self.pin(lab)
-            self.record_call(ModuleCall(n.name, n.target, "bn", vec, vec))
+                out = self.new_labels(n, x.shape[dim], pinned=True)
+            self.record_call(ModuleCall(n.name, n.target, "bn", vec, out))
             return lab, (x if simulate else None)
         if isinstance(m, L.LINEAR_TYPES):
             vec = L.channel_vector(lab, x.shape[-1], x.ndim - 1)
@@ -293,7 +300,5 @@ def _zeros(simulate: bool, shape: tuple, like: torch.Tensor) -> torch.Tensor | N
 
 
 def _is_param_module(m: nn.Module | None) -> bool:
-    return m is not None and type(m) in _PARAM_TYPES
-
-
-_PARAM_TYPES = set(L.CONV_TYPES + L.LINEAR_TYPES + L.BN_TYPES)
+    """A module whose channels the analysis records: its type has a registered pruner."""
+    return m is not None and find_pruner(type(m)) is not None

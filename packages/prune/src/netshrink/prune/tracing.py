@@ -13,13 +13,19 @@ from typing import Any
 import torch.fx
 from torch import nn
 
+from netshrink.prune.pruners import is_registered_leaf
+
 
 class UntraceableModelError(RuntimeError):
     """The model cannot be traced with torch.fx; the message names the failing module."""
 
 
 class _NamingTracer(torch.fx.Tracer):
-    """A default fx tracer that turns a failure inside a module into UntraceableModelError."""
+    """A default fx tracer that turns a failure inside a module into UntraceableModelError,
+    and keeps modules whose type has a registered pruner (``pruners``) as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return is_registered_leaf(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         try:

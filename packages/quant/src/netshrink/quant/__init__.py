@@ -81,11 +81,15 @@ from netshrink.quant.quantizers import (
     HalfWeight,
     LSQAct,
     PACTAct,
+    QuantScheme,
     TernaryAct,
     TernaryWeight,
     WeightQuantizer,
     list_act_quantizers,
+    list_schemes,
     list_weight_quantizers,
+    register_kbit_act_quantizer,
+    register_scheme,
 )
 from netshrink.quant.structure import StructureError
 
@@ -104,4 +108,6 @@ __all__ = [
     "pack_trits", "packed_size", "quantizable_layers", "quantize", "quantize_weights_uint8",
     "quantize_with_estimator", "quantized_layers", "read_structure", "save_packed", "unpack_bits",
     "unpack_codes", "unpack_trits",
+    # extension points (docs/extending.md)
+    "QuantScheme", "list_schemes", "register_kbit_act_quantizer", "register_scheme",
 ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from netshrink.core import check_choice, check_float, check_int
+from netshrink.quant.estimators import ESTIMATORS
 
 #: A precision: bits as an int, or "ternary" / "binary".
 Precision = int | Literal["ternary", "binary"]
@@ -26,16 +27,21 @@ Precision = int | Literal["ternary", "binary"]
 PRECISIONS: tuple[Precision, ...] = (32, 16, 8, 4, 3, 2, "ternary", "binary")
 #: Precisions that mean "k-bit uniform quantization" (DoReFa).
 KBIT_PRECISIONS: tuple[int, ...] = (8, 4, 3, 2)
+#: The built-in gradient estimators; ``QuantConfig`` accepts every name registered in
+#: ``ESTIMATORS`` (``list_estimators()``), these and any registered by the user.
 ESTIMATOR_NAMES: tuple[str, ...] = ("ste", "saturate_ste", "soft_ste")
-#: "dorefa": the k-bit / ternary / binary quantizers above. "int8_affine": the integer-only
-#: scheme (scale and zero point; w = a = 8): per-channel symmetric weights, asymmetric
-#: activations with moving-average observers, BatchNorm folded into the conv while training.
+#: The built-in schemes (``QuantConfig`` accepts every name in ``QUANT_SCHEMES``,
+#: ``list_schemes()``). "dorefa": the k-bit / ternary / binary quantizers above.
+#: "int8_affine": the integer-only scheme (scale and zero point; w = a = 8): per-channel
+#: symmetric weights, asymmetric activations with moving-average observers, BatchNorm folded
+#: into the conv while training.
 SCHEMES: tuple[str, ...] = ("dorefa", "int8_affine")
 #: What happens to the first / last quantizable layer: stays float, becomes 8-bit, or is
 #: quantized like every other layer.
 LAYER_POLICIES: tuple[str, ...] = ("float", "8bit", "same")
-#: How k-bit activations find their range: "dorefa" (the fixed clip ``a_clip``), "pact" (a
-#: learned clip per layer) or "lsq" (a learned step size per layer).
+#: The built-in ways k-bit activations find their range: "dorefa" (the fixed clip ``a_clip``),
+#: "pact" (a learned clip per layer) or "lsq" (a learned step size per layer).
+#: ``QuantConfig`` accepts every name in ``KBIT_ACT_QUANTIZERS`` (``list_kbit_act_quantizers``).
 A_QUANTIZERS: tuple[str, ...] = ("dorefa", "pact", "lsq")
 
 
@@ -84,7 +90,8 @@ class QuantConfig:
     ternary models have noisy batch statistics; e.g. 0.01 steadies the running estimates).
 
     ``scheme``: ``"dorefa"`` (default) or ``"int8_affine"`` (needs ``w == a == 8``; 8-bit
-    first/last layers then use it too): see ``SCHEMES``.
+    first/last layers then use it too): see ``SCHEMES``; or any scheme registered with
+    ``register_scheme`` (docs/extending.md).
 
     ``freeze_bn_after`` / ``freeze_observers_after`` (``scheme="int8_affine"`` only): the
     late-training freezes of Jacob et al. 2018. After this many epochs of QAT (counted from the
@@ -112,10 +119,14 @@ class QuantConfig:
     freeze_observers_after: int | None = None
 
     def __post_init__(self) -> None:
+        # the registries' names, so user-registered schemes, estimators and activation
+        # quantizers are accepted (imported here: the quantizers package imports this module)
+        from netshrink.quant.quantizers.registry import KBIT_ACT_QUANTIZERS, QUANT_SCHEMES
+
         check_choice("w", self.w, PRECISIONS)
         check_choice("a", self.a, PRECISIONS)
-        check_choice("w_estimator", self.w_estimator, ESTIMATOR_NAMES)
-        check_choice("a_estimator", self.a_estimator, ESTIMATOR_NAMES)
+        check_choice("w_estimator", self.w_estimator, ESTIMATORS.ordered())
+        check_choice("a_estimator", self.a_estimator, ESTIMATORS.ordered())
         check_choice("first", self.first, LAYER_POLICIES)
         check_choice("last", self.last, LAYER_POLICIES)
         check_float("a_clip", self.a_clip, min_value=0.0, min_exclusive=True)
@@ -128,19 +139,19 @@ class QuantConfig:
         if self.bn_momentum is not None:
             check_float("bn_momentum", self.bn_momentum, min_value=0.0, max_value=1.0,
                         min_exclusive=True)
-        check_choice("scheme", self.scheme, SCHEMES)
-        if self.scheme == "int8_affine" and (self.w, self.a) != (8, 8):
-            raise ValueError(f"scheme='int8_affine' needs w=8 and a=8, got w={self.w!r}, "
-                             f"a={self.a!r}")
-        check_choice("a_quantizer", self.a_quantizer, A_QUANTIZERS)
+        check_choice("scheme", self.scheme, QUANT_SCHEMES.ordered())
+        scheme = QUANT_SCHEMES.get(self.scheme)
+        scheme.validate(self)
+        check_choice("a_quantizer", self.a_quantizer, KBIT_ACT_QUANTIZERS.ordered())
         if self.a_quantizer != "dorefa":
-            if self.scheme != "dorefa" or self.a not in KBIT_PRECISIONS:
+            if not scheme.kbit_act_quantizers or self.a not in KBIT_PRECISIONS:
                 raise ValueError(
                     f"a_quantizer={self.a_quantizer!r} needs k-bit activations (a one of "
-                    f"{', '.join(map(str, KBIT_PRECISIONS))}) and scheme='dorefa', got "
-                    f"a={self.a!r}, scheme={self.scheme!r}; a_quantizer='dorefa' works with "
-                    "every a")
-            if self.a_estimator != "saturate_ste":
+                    f"{', '.join(map(str, KBIT_PRECISIONS))}) and scheme='dorefa' (or another "
+                    f"scheme that uses a_quantizer), got a={self.a!r}, scheme={self.scheme!r}; "
+                    "a_quantizer='dorefa' works with every a")
+            if (KBIT_ACT_QUANTIZERS.get(self.a_quantizer).own_gradient
+                    and self.a_estimator != "saturate_ste"):
                 raise ValueError(
                     f"a_estimator={self.a_estimator!r} cannot be used with a_quantizer="
                     f"{self.a_quantizer!r}, which has its own gradient (zero outside the "
@@ -150,7 +161,7 @@ class QuantConfig:
             if value is None:
                 continue
             check_int(name, value, min_value=0)
-            if self.scheme != "int8_affine":
+            if not scheme.late_freezes:
                 raise ValueError(f"{name}={value!r} needs scheme='int8_affine' (it freezes the "
                                  "folded BatchNorms and range observers of that scheme), got "
                                  f"scheme={self.scheme!r}; use None")

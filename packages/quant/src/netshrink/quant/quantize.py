@@ -14,9 +14,13 @@ What it does, in order:
    place. (Hardtanh, LeakyReLU and other sign-preserving activations stay.)
 4. Sets every BatchNorm's momentum to ``config.bn_momentum`` when given, and centres and clips
    binary latent weights (``constrain_latent_weights``).
-5. With ``scheme="int8_affine"``, each quantized Conv2d whose output feeds only a BatchNorm2d
-   becomes a ``QuantConvBn2d`` owning that BatchNorm (which is replaced by ``nn.Identity``), so
-   the BN-folded weight is what gets quantized during training.
+5. With ``scheme="int8_affine"`` (a scheme whose handler sets ``fold_bn``), each quantized
+   Conv2d whose output feeds only a BatchNorm2d becomes a ``QuantConvBn2d`` owning that
+   BatchNorm (which is replaced by ``nn.Identity``), so the BN-folded weight is what gets
+   quantized during training.
+
+Each layer's quantizers come from the handler registered for ``config.scheme``
+(``QUANT_SCHEMES``, one look-up); ``register_scheme`` adds a scheme (docs/extending.md).
 
 The returned model is ``model`` itself. ``QuantizeStage`` (``"quant.quantize"``) wraps this for
 recipes; its ``after_step`` hook re-applies ``constrain_latent_weights`` after every optimizer
@@ -37,6 +41,7 @@ from netshrink.quant.conv_bn import QuantConvBn2d, find_conv_bn_pairs
 from netshrink.quant.freeze import freeze_bn_stats, freeze_observers
 from netshrink.quant.layers import QUANT_LAYER_FOR, QUANT_LAYERS
 from netshrink.quant.quantizers import (
+    QUANT_SCHEMES,
     ActQuantizer,
     AffineWeight,
     BinaryWeight,
@@ -115,7 +120,8 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has {len(layers)} quantizable layer(s) and "
                          f"all are first/last layers kept float (first={config.first!r}, "
                          f"last={config.last!r}); use '8bit' or 'same' to quantize them")
-    bn_after = find_conv_bn_pairs(model) if config.scheme == "int8_affine" else {}
+    scheme = QUANT_SCHEMES.get(config.scheme)  # the one look-up: the scheme's handler
+    bn_after = find_conv_bn_pairs(model) if scheme.fold_bn else {}
     sign_like_inputs = False
     for name, layer, w, a in plan:
         wq = weight_quantizer(w, config, shape=_out_major_shape(layer))

@@ -12,13 +12,13 @@ import builtins
 import contextlib
 import copy
 import functools
-import importlib.util
 import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import packed_hostile_helpers as H
 import pytest
 from torch import fx
 
@@ -29,16 +29,6 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-
-def _helpers():
-    path = Path(__file__).with_name("packed_hostile_helpers.py")
-    spec = importlib.util.spec_from_file_location("netshrink_quant_packed_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-H = _helpers()
 FLAG = "NETSHRINK_FUZZ_PWNED"
 FOLDER = Path(tempfile.mkdtemp(prefix="netshrink-packed-fuzz-"))  # hypothesis: no tmp_path
 atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copy
-import importlib.util
 import json
 import resource
 import tracemalloc
 import zlib
 from pathlib import Path
 
+import packed_hostile_helpers as H
 import pytest
 import torch
 from torch import fx, nn
@@ -34,16 +34,6 @@ from netshrink.quant.structure import (
     check_generated_code,
 )
 
-
-def _helpers():
-    path = Path(__file__).with_name("packed_hostile_helpers.py")
-    spec = importlib.util.spec_from_file_location("netshrink_quant_packed_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-H = _helpers()
 FLAG = "NETSHRINK_PACKED_PWNED"
 
 

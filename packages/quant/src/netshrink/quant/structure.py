@@ -10,7 +10,8 @@ exactly is an error at save time, not a surprise at load time.
 Packed files come from strangers, and ``torch.fx.GraphModule`` turns a graph into Python source
 and executes it, so reading never trusts the file (issue 11):
 
-* every callable comes from an explicit allow-list: ``GRAPH_FUNCTIONS`` (functions traced CNNs
+* every callable comes from an explicit allow-list (``netshrink.quant.allowlist``, re-exported
+  here): ``GRAPH_FUNCTIONS`` (functions traced CNNs
   use: nothing that reaches attributes, calls arbitrary objects, imports, or touches files),
   ``TENSOR_METHODS`` and ``TENSOR_ATTRS`` (``call_method`` targets and ``getattr`` names),
   ``MODULE_TYPES`` (``torch.nn`` leaf classes); saving a model that uses anything else is a
@@ -18,31 +19,42 @@ and executes it, so reading never trusts the file (issue 11):
 * every name (node names, placeholders, module and attribute paths, keyword names) must be a
   plain ASCII identifier (module path parts may also be indices, as in ``Sequential``, or hold
   ``-``), not a keyword and not a dunder; every field's type is checked;
-* ``check_generated_code`` parses (never runs) the source fx generates and accepts only the
-  shapes of code fx writes for such graphs, so a hole in the checks above still cannot reach
-  ``exec``;
+* ``check_generated_code`` (``netshrink.quant.codeaudit``) parses (never runs) the source fx
+  generates and accepts only the shapes of code fx writes for such graphs, so a hole in the
+  checks above still cannot reach ``exec``;
 * modules are built on the meta device (no memory for their parameters until the file's own
   tensors are assigned).
 """
 
 from __future__ import annotations
 
-import ast
 import builtins
 import inspect
-import keyword
 import math
 import operator
 import re
 from collections.abc import Callable
-from types import MappingProxyType
 from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
+from netshrink.quant.allowlist import (  # noqa: F401 - re-exported: the lists are public here
+    _DTYPES,
+    _FUNCTION_NAMES,
+    _GRAPH_OPS,
+    _MEMORY_FORMATS,
+    _RESERVED_NAMES,
+    GRAPH_FUNCTIONS,
+    MODULE_TYPES,
+    TENSOR_ATTRS,
+    TENSOR_METHODS,
+    StructureError,
+    dotted_path,
+    identifier,
+)
+from netshrink.quant.codeaudit import check_generated_code
 from netshrink.quant.layers import QUANT_LAYERS
 from netshrink.quant.observers import OBSERVERS
 from netshrink.quant.quantizers import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
@@ -54,101 +66,6 @@ MAX_NODES = 100_000
 MAX_VALUE_DEPTH = 16  # nesting of one argument value (tuples in tuples ...)
 MAX_INT = 2**62  # larger integers are not sizes, dims or counts of any real model
 MAX_CONSTRUCTOR_INT = 2**31  # channel counts, kernel sizes, ... of a module
-
-
-class StructureError(ValueError):
-    """A model part that cannot be written as (or read back from) JSON."""
-
-
-# allow-lists ------------------------------------------------------------------------------
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(text.split())
-
-
-def _allow(module: Any, prefix: str, names: str) -> dict[str, Callable[..., Any]]:
-    return {f"{prefix}.{name}": getattr(module, name) for name in _words(names)}
-
-
-#: Every function a stored graph may call, by the name files record. Derived from what
-#: ``trace`` gives for netshrink.models (nin, nin_gc, mobilenet_student, resnet18_cifar) and
-#: torchvision's resnet, resnext, wide_resnet, mobilenet_v2/v3, shufflenet_v2, squeezenet,
-#: vgg, alexnet, densenet, mnasnet, googlenet, inception_v3 and convnext (LayerNorm,
-#: permute), plus the elementwise and shape operations such models commonly add. Deliberately
-#: absent: ``operator.attrgetter/methodcaller/call``, ``builtins`` other than ``getattr``
-#: (checked against ``TENSOR_ATTRS``), anything that imports, loads, saves or allocates a
-#: size of its own choosing (``torch.zeros``, ``torch.empty``, ...).
-GRAPH_FUNCTIONS: MappingProxyType[str, Callable[..., Any]] = MappingProxyType({
-    **_allow(torch, "torch",
-             "flatten cat stack add sub mul div matmul transpose permute reshape chunk split "
-             "squeeze unsqueeze mean sum amax relu sigmoid tanh clamp abs neg exp sqrt rsqrt "
-             "softmax log_softmax addcmul narrow roll channel_shuffle pixel_shuffle "
-             "pixel_unshuffle sign floor_divide maximum minimum max_pool2d"),
-    **_allow(F, "torch.nn.functional",
-             "relu relu6 leaky_relu gelu silu mish hardswish hardsigmoid hardtanh elu selu "
-             "sigmoid tanh softmax log_softmax softplus dropout adaptive_avg_pool2d "
-             "adaptive_max_pool2d avg_pool2d max_pool2d layer_norm group_norm batch_norm "
-             "interpolate pad linear conv2d normalize pixel_shuffle channel_shuffle"),
-    **_allow(operator, "operator",
-             "add sub mul truediv floordiv mod neg pos pow matmul getitem"),
-    "builtins.getattr": builtins.getattr,
-})
-_FUNCTION_NAMES: dict[int, str] = {}
-for _name, _fn in GRAPH_FUNCTIONS.items():  # the first name of an object is the one stored
-    _FUNCTION_NAMES.setdefault(id(_fn), _name)
-
-#: Tensor methods a ``call_method`` node may call (shape, reduction and elementwise methods;
-#: no in-place methods, no allocation of a chosen size, nothing that leaves the tensor).
-TENSOR_METHODS = frozenset(_words(
-    "view view_as reshape reshape_as size dim flatten unflatten mean sum amax chunk split "
-    "contiguous transpose permute squeeze unsqueeze expand expand_as narrow flip t relu "
-    "sigmoid tanh clamp abs neg add sub mul div matmul softmax log_softmax sign float"))
-#: Attributes ``builtins.getattr`` nodes may read (``x.shape`` in a forward).
-TENSOR_ATTRS = frozenset({"shape", "dtype", "device", "ndim"})
-#: ``torch.nn`` classes a packed file may rebuild as leaf modules.
-MODULE_TYPES = frozenset(_words(
-    "Conv1d Conv2d Conv3d ConvTranspose1d ConvTranspose2d ConvTranspose3d Linear Identity "
-    "BatchNorm1d BatchNorm2d BatchNorm3d LayerNorm GroupNorm InstanceNorm1d InstanceNorm2d "
-    "LocalResponseNorm ReLU ReLU6 LeakyReLU PReLU ELU SELU CELU GELU SiLU Mish Hardswish "
-    "Hardsigmoid Hardtanh Sigmoid Tanh Softmax LogSoftmax Softplus Threshold Flatten Unflatten "
-    "Dropout Dropout1d Dropout2d AlphaDropout MaxPool1d MaxPool2d MaxPool3d AvgPool1d AvgPool2d "
-    "AvgPool3d AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveAvgPool3d AdaptiveMaxPool1d "
-    "AdaptiveMaxPool2d Upsample UpsamplingNearest2d UpsamplingBilinear2d PixelShuffle "
-    "PixelUnshuffle ChannelShuffle ZeroPad2d ConstantPad2d ReflectionPad2d "
-    "ReplicationPad2d"))
-_DTYPES = {name: getattr(torch, name) for name in _words(
-    "float32 float64 float16 bfloat16 uint8 int8 int16 int32 int64 bool complex64 "
-    "complex128")}
-_MEMORY_FORMATS = {name: getattr(torch, name) for name in _words(
-    "contiguous_format channels_last channels_last_3d preserve_format")}
-#: Names the generated forward uses itself: no node may take them.
-_RESERVED_NAMES = frozenset({"self", "torch", "getattr", "inf", "nan", "device", "slice",
-                             "Ellipsis", "NoneType", "fx_pytree", "pytree"})
-_GRAPH_OPS = ("placeholder", "get_attr", "call_module", "call_method", "call_function",
-              "output")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-#: A module path part: an identifier, an index ("0"), or a name such as regnet's "block1-0"
-#: (fx writes non-identifiers as ``getattr(self, "...")``: no quote or backslash may appear).
-_PATH_PART = re.compile(r"[A-Za-z0-9_-]+\Z")
-
-
-def identifier(value: Any, what: str) -> str:
-    """``value`` if it is a plain ASCII identifier, not a keyword, not starting with ``__``."""
-    if (not isinstance(value, str) or not _IDENTIFIER.match(value) or keyword.iskeyword(value)
-            or value.startswith("__")):
-        raise StructureError(f"{what} {value!r} is not a plain identifier (letters, digits, "
-                             "'_'; not a keyword; no leading '__')")
-    return value
-
-
-def dotted_path(value: Any, what: str) -> str:
-    """``value`` if it is a dotted path of identifiers, indices or ``-``-joined names
-    (``layer1.0.conv``, ``block1-0``)."""
-    if not isinstance(value, str) or not value or len(value) > 1000 or not all(
-            _PATH_PART.match(part) and not keyword.iskeyword(part)
-            and not part.startswith("__") for part in value.split(".")):
-        raise StructureError(f"{what} {value!r} is not a dotted path of names made of "
-                             "letters, digits, '_' and '-' (no keywords, no leading '__')")
-    return value
 
 
 class _LeafTracer(fx.Tracer):
@@ -374,115 +291,6 @@ def _no_nodes(args: tuple, name: str) -> None:
     fx.node.map_arg(args, found.append)
     if found:
         raise StructureError(f"placeholder {name!r}: a default value cannot refer to nodes")
-
-
-# the generated source ----------------------------------------------------------------------
-_CODE_NODES = (ast.Module, ast.FunctionDef, ast.arguments, ast.arg, ast.Assign, ast.Return,
-               ast.Pass, ast.Name, ast.Attribute, ast.Call, ast.keyword, ast.Constant,
-               ast.Tuple, ast.List, ast.Dict, ast.Subscript, ast.Slice, ast.BinOp,
-               ast.UnaryOp, ast.Load, ast.Store, ast.operator, ast.unaryop)
-_CODE_GLOBALS = _RESERVED_NAMES - {"self", "NoneType", "fx_pytree", "pytree"}
-_TORCH_NAMES = frozenset(
-    {name for name, fn in GRAPH_FUNCTIONS.items() if name.startswith("torch.")}
-    | {f"torch.{name}" for name in (*_DTYPES, *_MEMORY_FORMATS, "Size")})
-
-
-def check_generated_code(graph: fx.Graph) -> None:
-    """Parse (never run) the forward fx generates for ``graph`` and accept only what fx writes
-    for allowed graphs: one ``forward(self, ...)`` of assignments and a return, whose names are
-    its arguments, its locals and a few fx globals, whose calls are ``self`` submodules,
-    allowed tensor methods and ``GRAPH_FUNCTIONS``, and with no dunder anywhere. Raises
-    ``StructureError`` otherwise (before ``GraphModule`` executes the source)."""
-    try:
-        code = graph.python_code(root_module="self")
-        tree = ast.parse(code.src)
-    except Exception as err:  # SyntaxError, or fx refusing the graph
-        raise StructureError(f"the graph does not give valid Python: {err}") from err
-    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
-    if len(tree.body) != 1 or len(funcs) != 1 or funcs[0].name != "forward":
-        raise StructureError("generated code is not one forward function")
-    fn = funcs[0]
-    a = fn.args
-    if (fn.decorator_list or a.vararg or a.kwarg or a.kwonlyargs or a.posonlyargs
-            or not a.args or a.args[0].arg != "self"
-            or any(x.annotation is not None for x in a.args) or fn.returns is not None):
-        raise StructureError("generated forward has an unexpected signature")
-    local = {x.arg for x in a.args[1:]} | {t.id for n in ast.walk(fn) if isinstance(n, ast.Assign)
-                                          for t in n.targets if isinstance(t, ast.Name)}
-    if local & _RESERVED_NAMES:
-        raise StructureError(f"generated code rebinds {sorted(local & _RESERVED_NAMES)}")
-    local.add("self")
-    parents = {child: n for n in ast.walk(tree) for child in ast.iter_child_nodes(n)}
-    for n in ast.walk(fn):
-        _check_code_node(n, parents, local)
-
-
-def _check_code_node(n: ast.AST, parents: dict[ast.AST, ast.AST], local: set[str]) -> None:
-    if not isinstance(n, _CODE_NODES):
-        raise StructureError(f"generated code contains a {type(n).__name__}")
-    if isinstance(n, ast.Assign) and not all(isinstance(t, ast.Name) for t in n.targets):
-        raise StructureError("generated code assigns to something other than a local name")
-    if isinstance(n, ast.Name):
-        if n.id.startswith("__") or (isinstance(n.ctx, ast.Load) and n.id not in local
-                                     and n.id not in _CODE_GLOBALS):
-            raise StructureError(f"generated code uses the name {n.id!r}")
-    elif isinstance(n, ast.keyword):
-        if n.arg is None or n.arg.startswith("__"):
-            raise StructureError("generated code passes **kwargs or a dunder keyword")
-    elif isinstance(n, ast.Attribute):
-        if n.attr.startswith("__"):
-            raise StructureError(f"generated code reads the attribute {n.attr!r}")
-        if not isinstance(parents.get(n), ast.Attribute):  # the whole chain, once
-            _check_chain(n)
-    elif isinstance(n, ast.Call):
-        _check_call(n)
-
-
-def _chain(n: ast.AST) -> tuple[ast.AST, list[str]]:
-    """Root and attribute names of ``root.a.b`` (``getattr(x, "0")`` counts as ``.0``)."""
-    parts: list[str] = []
-    while True:
-        if isinstance(n, ast.Attribute):
-            parts.append(n.attr)
-            n = n.value
-        elif _is_getattr_call(n):
-            parts.append(n.args[1].value)
-            n = n.args[0]
-        else:
-            return n, parts[::-1]
-
-
-def _is_getattr_call(n: ast.AST) -> bool:
-    return (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "getattr"
-            and len(n.args) == 2 and not n.keywords and isinstance(n.args[1], ast.Constant)
-            and isinstance(n.args[1].value, str))
-
-
-def _check_chain(n: ast.AST) -> None:
-    """``self.<module path>``, ``torch.<allowed name>`` or ``<local>.<allowed method/attr>``."""
-    root, parts = _chain(n)
-    if not isinstance(root, ast.Name):
-        raise StructureError("generated code reads an attribute of an expression")
-    if root.id == "self":
-        if any(p.startswith("__") or not _PATH_PART.match(p) for p in parts):
-            raise StructureError(f"generated code reads self.{'.'.join(parts)}")
-    elif root.id == "torch":
-        if ".".join(["torch", *parts]) not in _TORCH_NAMES:
-            raise StructureError(f"generated code uses torch.{'.'.join(parts)}")
-    elif len(parts) != 1 or parts[0] not in TENSOR_METHODS | TENSOR_ATTRS:
-        raise StructureError(f"generated code reads {root.id}.{'.'.join(parts)}")
-
-
-def _check_call(n: ast.Call) -> None:
-    if isinstance(n.func, ast.Name):
-        if n.func.id == "getattr":
-            if not _is_getattr_call(n):
-                raise StructureError("generated code calls getattr with a computed name")
-            _check_chain(n)
-        elif n.func.id not in ("device", "slice"):
-            raise StructureError(f"generated code calls {n.func.id!r}")
-    elif not isinstance(n.func, ast.Attribute) and not _is_getattr_call(n.func):
-        raise StructureError("generated code calls the result of an expression")
 
 
 # modules -----------------------------------------------------------------------------------

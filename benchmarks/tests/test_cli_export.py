@@ -18,6 +18,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import netshrink.deploy
 from netshrink.bench.cli import app
 from netshrink.bench.cli import export as export_cli
 from netshrink.bench.data import write_fake_cifar10
@@ -181,17 +182,17 @@ def _fast_export(monkeypatch) -> None:
                               dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
         return Path(out)
 
-    monkeypatch.setattr(export_cli, "export_onnx", export)
+    monkeypatch.setattr(netshrink.deploy, "export_onnx", export)  # the CLI imports it lazily
 
 
 def test_agreement_below_the_threshold_is_exit_1(files, monkeypatch, tmp_path):
     _fast_export(monkeypatch)
-    real = export_cli.torch_logits
+    real = netshrink.deploy.torch_logits
 
     def rolled(model, x, batch_size):  # PyTorch's logits, classes shifted by one
         return np.roll(real(model, x, batch_size), 1, axis=1)
 
-    monkeypatch.setattr(export_cli, "torch_logits", rolled)
+    monkeypatch.setattr(netshrink.deploy, "torch_logits", rolled)
     args = ["export", str(files["float"]), "--out", str(tmp_path / "f.onnx"), *CHECK,
             "--no-latency"]
     result = runner.invoke(app, [*args, "--json"])
@@ -210,14 +211,14 @@ def test_agreement_below_the_threshold_is_exit_1(files, monkeypatch, tmp_path):
 
 def test_non_finite_outputs_are_exit_1(files, monkeypatch, tmp_path):
     _fast_export(monkeypatch)
-    real = export_cli.torch_logits
+    real = netshrink.deploy.torch_logits
 
     def poisoned(model, x, batch_size):
         out = real(model, x, batch_size)
         out[0, 0] = np.nan
         return out
 
-    monkeypatch.setattr(export_cli, "torch_logits", poisoned)
+    monkeypatch.setattr(netshrink.deploy, "torch_logits", poisoned)
     result = runner.invoke(app, ["export", str(files["float"]), "--out",
                                  str(tmp_path / "f.onnx"), *CHECK, "--no-latency", "--json",
                                  "--min-agreement", "0"])

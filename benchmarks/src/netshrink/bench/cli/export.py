@@ -19,6 +19,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any
 
 import numpy as np
@@ -36,19 +37,16 @@ from netshrink.bench.data.synthetic import synthetic
 from netshrink.bench.tables import TABLES
 from netshrink.bench.tables.runner import FINAL
 from netshrink.core import CheckpointError
-from netshrink.deploy import (
-    ExportError,
-    RuntimeNotInstalledError,
-    compare_logits,
-    export_onnx,
-    list_runtimes,
-    measure_latency,
-    open_session,
-    require_runtime,
-    run_batched,
-    torch_logits,
-)
 from netshrink.models import load_model
+
+
+def _deploy() -> ModuleType:
+    """netshrink.deploy, imported on first use: it loads onnx and onnxruntime, which every
+    other ``bench`` command (training above all) does not need."""
+    import netshrink.deploy
+
+    return netshrink.deploy
+
 
 #: The file ``--table`` writes beside each row's final.safetensors.
 ROW_FILE = "model.onnx"
@@ -145,7 +143,7 @@ def export(
                               in_channels, settings.check)
         try:
             result = export_and_check(model, out, shape, test, settings)
-        except ExportError as err:  # names the layer and why: the user's answer, in one line
+        except _deploy().ExportError as err:  # names the layer and why, in one line
             raise typer.BadParameter(str(err)) from err
         result = {"checkpoint": str(checkpoint), **result}
         if as_json:
@@ -159,12 +157,12 @@ def export(
 
 def _runtimes(name: str) -> tuple[str, ...]:
     """``--runtime``: one registered runtime or all; each must be importable."""
-    validate.check_choice("--runtime", name, [*list_runtimes(), "all"])
-    names = tuple(list_runtimes()) if name == "all" else (name,)
+    validate.check_choice("--runtime", name, [*_deploy().list_runtimes(), "all"])
+    names = tuple(_deploy().list_runtimes()) if name == "all" else (name,)
     for runtime in names:
         try:
-            require_runtime(runtime)
-        except RuntimeNotInstalledError as err:
+            _deploy().require_runtime(runtime)
+        except _deploy().RuntimeNotInstalledError as err:
             raise typer.BadParameter(f"--runtime {name}: {err}") from err
     return names
 
@@ -228,7 +226,7 @@ def export_and_check(model: nn.Module, out: Path, shape: tuple[int, ...],
     ``ok`` (every check passed) and ``failures`` (why not)."""
     model = model.cpu().eval()
     started = time.perf_counter()
-    path = export_onnx(model, torch.zeros(1, *shape), out)
+    path = _deploy().export_onnx(model, torch.zeros(1, *shape), out)
     result: dict[str, Any] = {"file": str(path), "file_bytes": path.stat().st_size,
                               "input_shape": list(shape),
                               "export_seconds": time.perf_counter() - started,
@@ -237,7 +235,7 @@ def export_and_check(model: nn.Module, out: Path, shape: tuple[int, ...],
     ref = labels = x = None
     if test is not None:
         x, y = test
-        ref = torch_logits(model, x, settings.batch_size)
+        ref = _deploy().torch_logits(model, x, settings.batch_size)
         labels = y.numpy()
         finite = bool(np.isfinite(ref).all())
         result["images"] = len(x)
@@ -245,13 +243,13 @@ def export_and_check(model: nn.Module, out: Path, shape: tuple[int, ...],
     for name in settings.runtimes:
         entry: dict[str, Any] = {}
         for i, n in enumerate(settings.threads):
-            session = open_session(name, path, threads=n)
+            session = _deploy().open_session(name, path, threads=n)
             if i == 0:
                 entry.update(session.describe())
                 entry.pop("threads")
                 if x is not None:
-                    got = run_batched(session, x.numpy(), settings.batch_size)
-                    agreement = compare_logits(got, ref, labels)
+                    got = _deploy().run_batched(session, x.numpy(), settings.batch_size)
+                    agreement = _deploy().compare_logits(got, ref, labels)
                     entry.update(agreement.as_dict())
                     if not agreement.finite:
                         failures.append(f"{name}: non-finite outputs")
@@ -259,7 +257,7 @@ def export_and_check(model: nn.Module, out: Path, shape: tuple[int, ...],
                         failures.append(f"{name}: top-1 agreement {agreement.agreement:.4f} < "
                                         f"{settings.min_agreement}")
             if settings.latency:
-                entry.setdefault("latency_ms", {})[_threads_key(n)] = measure_latency(
+                entry.setdefault("latency_ms", {})[_threads_key(n)] = _deploy().measure_latency(
                     session, shape, repeats=settings.repeats)
         result["runtimes"][name] = entry
     result["seconds"] = time.perf_counter() - started
@@ -311,7 +309,7 @@ def _export_row(run_dir: Path, data: ImageData, test: tuple[torch.Tensor, torch.
     shape = _checked_shape(model, source, data.image_shape)
     try:
         return export_and_check(model, run_dir / ROW_FILE, shape, test, settings)
-    except ExportError as err:
+    except _deploy().ExportError as err:
         return {"ok": False, "failures": [str(err)]}
 
 

@@ -62,6 +62,7 @@ from netshrink.quant.packing import (
 from netshrink.quant.ptq import calibrate, convert_fp16, quantize_weights_uint8
 from netshrink.quant.quantize import (
     QuantizeStage,
+    calibrate_act_clips,
     constrain_latent_weights,
     quantizable_layers,
     quantize,
@@ -102,7 +103,8 @@ __all__ = [
     "PercentileObserver", "Precision", "QuantConfig", "QuantConv2d", "QuantConvBn2d",
     "QuantConvTranspose2d", "QuantLinear", "QuantizeStage", "StructureError", "TernaryAct",
     "TernaryWeight", "WeightQuantizer",
-    "calibrate", "constrain_latent_weights", "convert_fp16", "find_conv_bn_pairs",
+    "calibrate", "calibrate_act_clips", "constrain_latent_weights", "convert_fp16",
+    "find_conv_bn_pairs",
     "freeze_bn_stats", "freeze_observers", "list_act_quantizers", "list_estimators",
     "list_observers", "list_weight_quantizers", "load_packed", "pack_bits", "pack_codes",
     "pack_trits", "packed_size", "quantizable_layers", "quantize", "quantize_weights_uint8",

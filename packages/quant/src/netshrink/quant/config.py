@@ -11,12 +11,18 @@ Every combination of weight precision ``w`` and activation precision ``a`` is le
   hysteresis gap); activations rounded to {-1, 0, +1} after clipping to ``[-1, 1]``;
 * ``"binary"``: weights ``sign`` (0 maps to +1) with an optional per-output-channel scale
   (XNOR/BWN) or without (BNN); activations ``sign``.
+
+k-bit activation clips can also be calibrated when quantizing: ``a_calibrate=p`` sets each
+layer's clip to the ``p``-th percentile of its input over a few batches (``calibrate_act_clips``;
+the quantize stage does it with the batches it is given), and records the clips in
+``a_clips`` so that rebuilding the model from a checkpoint gives the same ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from netshrink.core import check_choice, check_float, check_int
 from netshrink.quant.estimators import ESTIMATORS
@@ -43,6 +49,10 @@ LAYER_POLICIES: tuple[str, ...] = ("float", "8bit", "same")
 #: "pact" (a learned clip per layer) or "lsq" (a learned step size per layer).
 #: ``QuantConfig`` accepts every name in ``KBIT_ACT_QUANTIZERS`` (``list_kbit_act_quantizers``).
 A_QUANTIZERS: tuple[str, ...] = ("dorefa", "pact", "lsq")
+#: How binary latent weights are centred (``netshrink.quant.quantizers.binary.centre_latent``):
+#: per output channel over the whole filter, per output channel and kernel position over the
+#: input channels (XNOR-Net's code, micronet), or not at all.
+BINARY_CENTRINGS: tuple[str, ...] = ("filter", "kernel_position", "none")
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,24 @@ class QuantConfig:
     Both need k-bit ``a`` and ``scheme="dorefa"``, and bring their own gradient (zero outside
     the clip range), so ``a_estimator`` must stay ``"saturate_ste"``. Build the optimizer after
     ``quantize``, so it sees the new parameters.
+
+    ``a_calibrate``: a percentile in ``(50, 100]``, or None (default: the clip is ``a_clip``).
+    When set, ``calibrate_act_clips`` (called by the ``"quant.quantize"`` stage with the
+    batches it is given, right after ``quantize``) sets every k-bit activation clip to that
+    percentile of the layer's input over the batches (``a_quantizer="dorefa"``: the fixed
+    clip; ``"pact"``: the initial ``alpha``; ``"lsq"``: the initial step ``clip / Qp``).
+    A quantizer whose input is never positive keeps ``a_clip``. Without batches, ``a_clip``
+    is used.
+
+    ``a_clips``: per-layer clips by layer name (a mapping or ``(name, clip)`` pairs), which
+    override ``a_clip`` for those layers; the quantize stage records the calibrated clips here,
+    so a model rebuilt from its recipe gets them back.
+
+    ``binary_centring``: how binary latent weights are centred after every step (see
+    ``BINARY_CENTRINGS``): ``"filter"`` (default: subtract each output channel's mean over its
+    whole filter), ``"kernel_position"`` (subtract, for each output channel and kernel
+    position, the mean over the input channels, as XNOR-Net's code and micronet do) or
+    ``"none"``; the weights are clipped to ``[-1, 1]`` in every mode.
 
     ``ternary_gap``: hysteresis for ternary weights, a fraction of the per-channel threshold
     ``D``: a weight becomes non-zero above ``D * (1 + gap)``, zero below ``D * (1 - gap)``,
@@ -117,6 +145,9 @@ class QuantConfig:
     a_quantizer: str = "dorefa"
     freeze_bn_after: int | None = None
     freeze_observers_after: int | None = None
+    a_calibrate: float | None = None
+    a_clips: Any = ()  # tuple[tuple[str, float], ...] once validated (a mapping is accepted)
+    binary_centring: str = "filter"
 
     def __post_init__(self) -> None:
         # the registries' names, so user-registered schemes, estimators and activation
@@ -134,6 +165,11 @@ class QuantConfig:
         if self.ternary_gap >= 1.0:
             raise ValueError(f"ternary_gap={self.ternary_gap!r} must be in [0, 1) (a fraction "
                              "of the threshold)")
+        if self.a_calibrate is not None:
+            check_float("a_calibrate", self.a_calibrate, min_value=50.0, max_value=100.0,
+                        min_exclusive=True)
+        object.__setattr__(self, "a_clips", _as_clips(self.a_clips))
+        check_choice("binary_centring", self.binary_centring, BINARY_CENTRINGS)
         check_choice("ternary_scale", self.ternary_scale, (True, False))
         check_choice("binary_scale", self.binary_scale, (True, False))
         if self.bn_momentum is not None:
@@ -166,7 +202,23 @@ class QuantConfig:
                                  "folded BatchNorms and range observers of that scheme), got "
                                  f"scheme={self.scheme!r}; use None")
 
+    def clip_for(self, layer_name: str) -> float:
+        """The activation clip of the layer ``layer_name``: its ``a_clips`` entry or ``a_clip``."""
+        return dict(self.a_clips).get(layer_name, self.a_clip)
+
     @property
     def is_float(self) -> bool:
         """True when neither weights nor activations are quantized (``w == a == 32``)."""
         return self.w == 32 and self.a == 32
+
+
+def _as_clips(raw: Any) -> tuple[tuple[str, float], ...]:
+    """``a_clips`` as sorted ``(layer name, clip)`` pairs; ValueError for anything else."""
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    try:
+        pairs = tuple(sorted((str(name), float(clip)) for name, clip in items))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"a_clips={raw!r} must map layer names to positive clips") from err
+    for name, clip in pairs:
+        check_float(f"a_clips[{name!r}]", clip, min_value=0.0, min_exclusive=True)
+    return pairs

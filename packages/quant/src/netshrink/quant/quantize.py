@@ -8,10 +8,19 @@ What it does, in order:
 2. The first and last of them follow ``config.first`` / ``config.last`` (float, 8-bit, or as the
    rest); every other layer gets ``config.w`` weights and ``config.a`` inputs. A layer that
    would be float in both is left untouched.
-3. For binary or ternary activations, every ``nn.ReLU`` / ``nn.ReLU6`` module becomes
-   ``nn.Identity``: a ReLU before ``sign`` makes the sign constant (+1), and before a ternary
-   quantizer it removes the -1 level. The quantizer's own clip and estimator take the ReLU's
-   place. (Hardtanh, LeakyReLU and other sign-preserving activations stay.)
+3. For binary or ternary activations, every ``nn.ReLU`` / ``nn.ReLU6`` module whose output
+   goes into a binary / ternary activation quantizer becomes ``nn.Identity``: a ReLU before
+   ``sign`` makes the sign constant (+1), and before a ternary quantizer it removes the -1
+   level. The quantizer's own clip and estimator take the ReLU's place. Which ReLUs those are
+   is read from the ``torch.fx`` graph of the float model, following the output through ops
+   that keep the sign of every value (pooling, reshapes, channel shuffles, dropout, concat).
+   A ReLU whose output reaches no sign-like input (it feeds a float or k-bit layer, a
+   BatchNorm or other arithmetic first, or the model's output) stays. One that feeds a sign
+   and something else (a residual branch) goes too, since a constant sign is never useful;
+   so does a ReLU module called several times when one call feeds a sign. A model fx cannot
+   trace falls back to module order: a ReLU is removed when the next quantizable layer after
+   it has a sign-like input. (Hardtanh, LeakyReLU and other sign-preserving activations always
+   stay.)
 4. Sets every BatchNorm's momentum to ``config.bn_momentum`` when given, and centres and clips
    binary latent weights (``constrain_latent_weights``).
 5. With ``scheme="int8_affine"`` (a scheme whose handler sets ``fold_bn``), each quantized
@@ -32,14 +41,20 @@ and ``freeze_bn_stats(model)`` / ``freeze_observers(model)`` when you want the f
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import operator
+from collections.abc import Iterable, Mapping, Sequence
+
 import torch
-from torch import nn
+from torch import fx, nn
 
 from netshrink.core import Stage, register_stage
-from netshrink.quant.config import Precision, QuantConfig
+from netshrink.quant.config import PRECISIONS, Precision, QuantConfig
 from netshrink.quant.conv_bn import QuantConvBn2d, find_conv_bn_pairs
 from netshrink.quant.freeze import freeze_bn_stats, freeze_observers
 from netshrink.quant.layers import QUANT_LAYER_FOR, QUANT_LAYERS
+from netshrink.quant.observers import PercentileObserver
 from netshrink.quant.quantizers import (
     QUANT_SCHEMES,
     ActQuantizer,
@@ -50,9 +65,29 @@ from netshrink.quant.quantizers import (
     act_quantizer,
     weight_quantizer,
 )
+from netshrink.quant.quantizers.binary import centre_latent
 
 _SIGN_LIKE = ("binary", "ternary")
 _CLAMPING_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+#: Modules and functions that keep the sign of every value they pass on (each output is one of
+#: the input values, a mean of input values, or zero padding): a ReLU's non-negative output
+#: stays non-negative through them, so a sign after them is still constant.
+_SIGN_KEEPING_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.Unflatten, nn.Identity,
+    nn.Dropout, nn.Dropout2d, nn.Dropout3d, nn.ZeroPad2d, nn.PixelShuffle, nn.PixelUnshuffle,
+    nn.ChannelShuffle, nn.Upsample,
+)
+_SIGN_KEEPING_FUNCTIONS = (
+    torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.cat, torch.concat,
+    torch.nn.functional.max_pool2d, torch.nn.functional.avg_pool2d,
+    torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.dropout,
+    torch.nn.functional.pixel_shuffle, torch.channel_shuffle, operator.getitem,
+)
+_SIGN_KEEPING_METHODS = ("view", "reshape", "flatten", "unflatten", "transpose", "permute",
+                         "contiguous", "squeeze", "unsqueeze", "__getitem__", "chunk", "split")
+_log = logging.getLogger(__name__)
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -106,14 +141,22 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
+def quantize(model: nn.Module, config: QuantConfig,
+             precisions: Mapping[str, tuple[Precision, Precision]] | None = None) -> nn.Module:
     """Replace ``model``'s Conv2d / ConvTranspose2d / Linear layers by quantized versions that
     keep the trained weights (see the module docstring); returns ``model``, changed in place.
+
+    ``precisions``: optional per-layer overrides, layer name -> ``(w, a)`` (names as
+    ``quantizable_layers`` gives them); a listed layer gets these precisions instead of
+    ``config.w`` / ``config.a`` and the first / last policies ((32, 32) leaves it float).
+    Mixed-precision models are built this way; the packed file then stores each layer at its
+    own width. An unknown layer name or precision raises a ValueError.
     """
     if not isinstance(config, QuantConfig):
         raise TypeError(f"quantize needs a QuantConfig, got {type(config).__name__}")
     layers = float_layers(model)
-    plan = [(name, m, *_layer_precisions(i, len(layers), config))
+    overrides = _check_precisions(precisions, [name for name, _ in layers])
+    plan = [(name, m, *overrides.get(name, _layer_precisions(i, len(layers), config)))
             for i, (name, m) in enumerate(layers)]
     plan = [(name, m, w, a) for name, m, w, a in plan if (w, a) != (32, 32)]
     if not plan and not config.is_float:
@@ -122,10 +165,14 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
                          f"last={config.last!r}); use '8bit' or 'same' to quantize them")
     scheme = QUANT_SCHEMES.get(config.scheme)  # the one look-up: the scheme's handler
     bn_after = find_conv_bn_pairs(model) if scheme.fold_bn else {}
-    sign_like_inputs = False
+    sign_inputs = [name for name, _, _, a in plan if a in _SIGN_LIKE]
+    relus_to_remove = _relus_feeding_sign(model, sign_inputs) if sign_inputs else []
     for name, layer, w, a in plan:
         wq = weight_quantizer(w, config, shape=_out_major_shape(layer))
-        aq = act_quantizer(a, config)
+        layer_config = config
+        if name in dict(config.a_clips):
+            layer_config = dataclasses.replace(config, a_clip=config.clip_for(name))
+        aq = act_quantizer(a, layer_config)
         if name in bn_after and isinstance(wq, AffineWeight):
             bn_name = bn_after[name]
             new = QuantConvBn2d.from_conv_bn(layer, model.get_submodule(bn_name), wq, aq)
@@ -135,11 +182,8 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
             new = replace_layer(model, name, layer, wq, aq)
         if isinstance(wq, TernaryWeight):
             wq.init_state(new._out_major(new.weight))
-        sign_like_inputs |= a in _SIGN_LIKE
-    if sign_like_inputs:
-        for name, m in list(model.named_modules()):
-            if type(m) in _CLAMPING_ACTIVATIONS:
-                set_submodule(model, name, nn.Identity())
+    for name in relus_to_remove:
+        set_submodule(model, name, nn.Identity())
     if config.bn_momentum is not None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -147,6 +191,85 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
     constrain_latent_weights(model)
     _apply_freezes(model, config, epochs_done=0)
     return model
+
+
+def _check_precisions(precisions: Mapping[str, tuple[Precision, Precision]] | None,
+                      names: list[str]) -> dict[str, tuple[Precision, Precision]]:
+    """``quantize``'s per-layer overrides, validated: known layer names, (w, a) pairs of
+    ``PRECISIONS``."""
+    if precisions is None:
+        return {}
+    if not isinstance(precisions, Mapping):
+        raise ValueError(f"precisions={precisions!r} must map layer names to (w, a) pairs")
+    known = set(names)
+    out: dict[str, tuple[Precision, Precision]] = {}
+    for name, pair in precisions.items():
+        if name not in known:
+            shown = ", ".join(repr(n) for n in names[:12]) + (" ..." if len(names) > 12 else "")
+            raise ValueError(f"precisions names layer {name!r}, which is not a quantizable "
+                             f"layer of the model; allowed: {shown}")
+        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ValueError(f"precisions[{name!r}]={pair!r} must be a (w, a) pair")
+        for what, value in zip(("w", "a"), pair, strict=True):
+            if isinstance(value, bool) or value not in PRECISIONS:
+                raise ValueError(f"precisions[{name!r}]: {what}={value!r} is not a precision; "
+                                 f"allowed: {', '.join(map(repr, PRECISIONS))}")
+        out[name] = (pair[0], pair[1])
+    return out
+
+
+def _relus_feeding_sign(model: nn.Module, sign_inputs: list[str]) -> list[str]:
+    """Names of the ReLU / ReLU6 modules whose output reaches one of the layers
+    ``sign_inputs`` (whose inputs become binary / ternary) through sign-keeping ops; from the
+    fx graph, or by module order when fx cannot trace ``model``."""
+    relus = [name for name, m in model.named_modules() if type(m) in _CLAMPING_ACTIVATIONS]
+    if not relus:
+        return []
+    try:
+        graph = fx.Tracer().trace(model)
+    except Exception as err:  # noqa: BLE001 - any tracing failure: use module order
+        _log.info("quantize: %s cannot be traced by torch.fx (%s); ReLUs feeding a sign are "
+                  "found by module order", type(model).__name__, err)
+        return _relus_by_module_order(model, set(sign_inputs))
+    sign_set = set(sign_inputs)
+    modules = dict(model.named_modules())
+    found: list[str] = []  # a module called several times goes if one call feeds a sign
+    for node in graph.nodes:
+        if (node.op == "call_module" and node.target not in found
+                and type(modules.get(node.target)) in _CLAMPING_ACTIVATIONS
+                and _feeds_sign(node.users, sign_set, modules)):
+            found.append(node.target)
+    return found
+
+
+def _feeds_sign(users: Iterable[fx.Node], sign_set: set[str],
+                modules: dict[str, nn.Module]) -> bool:
+    """True when some path from these users reaches a layer of ``sign_set`` through
+    sign-keeping ops only (so that layer's sign would see only non-negative values)."""
+    for user in users:
+        if user.op == "call_module" and user.target in sign_set:
+            return True
+        keeps_sign = (
+            (user.op == "call_module"
+             and isinstance(modules.get(user.target), _SIGN_KEEPING_MODULES))
+            or (user.op == "call_function" and user.target in _SIGN_KEEPING_FUNCTIONS)
+            or (user.op == "call_method" and user.target in _SIGN_KEEPING_METHODS))
+        if keeps_sign and _feeds_sign(user.users, sign_set, modules):
+            return True
+    return False
+
+
+def _relus_by_module_order(model: nn.Module, sign_set: set[str]) -> list[str]:
+    """The ReLUs whose next quantizable layer in module order has a sign-like input."""
+    found, pending = [], []
+    for name, m in model.named_modules():
+        if type(m) in _CLAMPING_ACTIVATIONS:
+            pending.append(name)
+        elif type(m) in QUANT_LAYER_FOR:
+            if name in sign_set:
+                found.extend(pending)
+            pending = []
+    return found
 
 
 def _apply_freezes(model: nn.Module, config: QuantConfig, epochs_done: int) -> None:
@@ -164,29 +287,102 @@ def _out_major_shape(layer: nn.Module) -> tuple[int, int]:
 
 @torch.no_grad()
 def constrain_latent_weights(model: nn.Module) -> None:
-    """Centre each output channel of every binary latent weight (subtract its mean) and clip
-    it to ``[-1, 1]``, in place (BNN / XNOR-Net practice). Other layers are untouched."""
+    """Centre every binary latent weight as its quantizer's ``centring`` says (``"filter"``:
+    each output channel's mean over its whole filter; ``"kernel_position"``: for each output
+    channel and kernel position, the mean over the input channels, as XNOR-Net's code and
+    micronet do; ``"none"``) and clip it to ``[-1, 1]``, in place. Other layers are
+    untouched."""
     for _, layer in quantized_layers(model):
-        if isinstance(layer.weight_quant, BinaryWeight) and layer.weight is not None:
-            w2d = layer._out_major(layer.weight)
-            if w2d.data_ptr() == layer.weight.data_ptr() and w2d.is_contiguous():
-                w2d.sub_(w2d.mean(1, keepdim=True)).clamp_(-1.0, 1.0)  # a view: in place
-                continue
-            w2d = (w2d - w2d.mean(1, keepdim=True)).clamp_(-1.0, 1.0)
+        wq = layer.weight_quant
+        if isinstance(wq, BinaryWeight) and layer.weight is not None:
+            positions = layer.weight.shape[2:].numel()  # kernel positions (1 for Linear)
+            w2d = centre_latent(layer._out_major(layer.weight), wq.centring, positions)
             layer.weight.copy_(layer._from_out_major(w2d))
+
+
+@torch.no_grad()
+def calibrate_act_clips(model: nn.Module, inputs: Iterable[torch.Tensor],
+                        percentile: float) -> dict[str, float]:
+    """Set the clip of every quantized layer's calibratable k-bit activation quantizer
+    (DoReFa's fixed clip, PACT's initial ``alpha``, LSQ's initial step ``clip / Qp``: those
+    with a ``set_clip`` method) to the ``percentile``-th percentile of the layer's input over
+    ``inputs`` (a ``PercentileObserver``'s mean over batches of each batch's percentile, over
+    all input values, the zeros a ReLU makes included). Returns ``{layer name: clip}``.
+
+    The inputs are observed with every activation quantizer switched off (each clip is measured
+    on the activations the layers produce, not on already clipped ones), with the weight
+    quantizers on, and with the BatchNorms normalising by each batch's statistics as in
+    training (quantized weights have another scale than the float ones, so the running
+    statistics of the float model would not fit them) while their running statistics, like
+    every other buffer, are left as they were; every other module is in eval mode. A layer
+    whose percentile is not positive (its input is never positive there) keeps its clip."""
+    targets = {name: layer for name, layer in quantized_layers(model)
+               if hasattr(layer.input_quant, "set_clip")}
+    if not targets:
+        return {}
+    observers = {name: PercentileObserver(percentile) for name in targets}
+    saved = {name: layer.input_quant for name, layer in quantized_layers(model)}
+    hooks = [layer.register_forward_pre_hook(
+        lambda _m, args, obs=observers[name]: obs.update(args[0].detach()))
+        for name, layer in targets.items()]
+    modes = {m: m.training for m in model.modules()}
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    try:
+        for layer in saved:
+            model.get_submodule(layer).input_quant = None
+        model.eval()
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        for x in inputs:
+            model(x.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        for name, quantizer in saved.items():
+            model.get_submodule(name).input_quant = quantizer
+        for m, training in modes.items():
+            m.training = training
+        for b, value in buffers:
+            b.copy_(value)
+    clips = {}
+    for name, layer in targets.items():
+        obs = observers[name]
+        clip = float(obs.max_val) if obs.has_range else 0.0
+        if clip > 0.0:
+            layer.input_quant.set_clip(clip)
+        clips[name] = float(layer.input_quant.clip)
+    return clips
 
 
 @register_stage("quant.quantize")
 class QuantizeStage(Stage):
-    """Quantization-aware training as a recipe stage: ``apply`` calls ``quantize``; ``rebuild``
-    recreates the same structure on a fresh model (then the checkpoint's weights load);
-    ``after_step`` keeps binary latent weights centred and clipped; ``after_epoch`` applies
-    the config's ``freeze_bn_after`` / ``freeze_observers_after``."""
+    """Quantization-aware training as a recipe stage: ``apply`` calls ``quantize`` (then, with
+    ``a_calibrate`` set and batches given by ``use_data``, ``calibrate_act_clips``, recording
+    the clips in the config's ``a_clips``); ``rebuild`` recreates the same structure on a fresh
+    model (then the checkpoint's weights load); ``after_step`` keeps binary latent weights
+    centred and clipped; ``after_epoch`` applies the config's ``freeze_bn_after`` /
+    ``freeze_observers_after``."""
 
     config_class = QuantConfig
 
+    def __init__(self, config: QuantConfig) -> None:
+        super().__init__(config)
+        self._batches: list | None = None
+
+    def use_data(self, batches: list) -> None:
+        """``(inputs, labels)`` batches (or input tensors) to calibrate activation clips on."""
+        self._batches = list(batches)
+
     def apply(self, model: nn.Module) -> nn.Module:
-        return quantize(model, self.config)
+        model = quantize(model, self.config)
+        if self.config.a_calibrate is not None and self._batches and not self.config.a_clips:
+            inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in self._batches]
+            clips = calibrate_act_clips(model, inputs, self.config.a_calibrate)
+            if clips:
+                self.config = dataclasses.replace(self.config, a_clips=clips)
+        return model
 
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         constrain_latent_weights(model)

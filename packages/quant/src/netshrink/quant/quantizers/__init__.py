@@ -87,7 +87,8 @@ class DoReFaScheme(QuantScheme):
             return TernaryWeight(estimator=config.w_estimator, scale=config.ternary_scale,
                                  gap=config.ternary_gap, shape=shape)
         if precision == "binary":
-            return BinaryWeight(estimator=config.w_estimator, scale=config.binary_scale)
+            return BinaryWeight(estimator=config.w_estimator, scale=config.binary_scale,
+                                centring=config.binary_centring)
         raise ValueError(f"w={precision!r} is not a known precision")
 
     def act(self, precision: Precision, config: QuantConfig) -> ActQuantizer | None:
@@ -130,6 +131,9 @@ class Int8AffineScheme(DoReFaScheme):
                              estimator=config.a_estimator)
         return super().act(precision, config)
 
+
+# per-tensor min-max uint8 weights (``scheme="uint8_minmax"``), in its own module
+from netshrink.quant.quantizers import minmax as _minmax  # noqa: E402, F401  (registers it)
 
 __all__ = [
     "ACT_QUANTIZERS", "KBIT_ACT_QUANTIZERS", "QUANT_SCHEMES", "WEIGHT_QUANTIZERS",

@@ -2,10 +2,15 @@
 
 Weights: codes ``b = sign(w)`` in {-1, +1} (stored as 0/1, one bit each); the weight is
 ``b * scale`` with ``scale = mean|w|`` per output channel (XNOR/BWN, ``scale=True``) or plain
-``b`` (BNN). The latent float weights are kept centred per output channel and clipped to
-``[-1, 1]`` by ``constrain_latent_weights`` (called after every optimizer step by the quantize
-stage), so ``saturate_ste`` never freezes a weight for good. Gradients: the estimator on
-``[-1, 1]``; the scale is treated as a constant.
+``b`` (BNN). The latent float weights are kept centred and clipped to ``[-1, 1]`` by
+``constrain_latent_weights`` (called after every optimizer step by the quantize stage), so
+``saturate_ste`` never freezes a weight for good. Gradients: the estimator on ``[-1, 1]``; the
+scale is treated as a constant.
+
+Centring (``centring``, see ``centre_latent``): ``"filter"`` subtracts the mean of each output
+channel's whole filter (input channels and kernel positions together); ``"kernel_position"``
+subtracts, for each output channel and each kernel position, the mean over the input channels
+(what XNOR-Net's released code and micronet do); ``"none"`` only clips.
 
 Activations: ``sign(x)`` (0 -> +1); ``saturate_ste`` is the BNN estimator (zero where
 ``|x| > 1``), ``soft_ste`` the ApproxSign derivative ``2 - 2|x|`` (Bi-Real Net).
@@ -43,6 +48,29 @@ def binary_sign(v: torch.Tensor) -> torch.Tensor:
     return out
 
 
+#: The ways ``constrain_latent_weights`` centres binary latent weights (``centre_latent``).
+CENTRINGS: tuple[str, ...] = ("filter", "kernel_position", "none")
+
+
+def centre_latent(w2d: torch.Tensor, centring: str, positions: int) -> torch.Tensor:
+    """``w2d`` (out-major, ``(out, in_per_group * positions)`` with the kernel positions
+    innermost, as every quantized layer lays it out) minus its mean, then clipped to
+    ``[-1, 1]``: a new tensor.
+
+    ``"filter"``: the mean of each row (one per output channel); ``"kernel_position"``: for each
+    output channel and kernel position, the mean over the input channels (``positions`` is the
+    kernel's size, 1 for Linear, where both modes agree); ``"none"``: no centring."""
+    if centring == "filter":
+        w2d = w2d - w2d.mean(1, keepdim=True)
+    elif centring == "kernel_position":
+        w3d = w2d.reshape(w2d.shape[0], -1, positions)
+        w2d = (w3d - w3d.mean(1, keepdim=True)).reshape(w2d.shape)
+    elif centring != "none":
+        raise ValueError(f"centring={centring!r} is not known; choose one of: "
+                         f"{', '.join(CENTRINGS)}")
+    return w2d.clamp(-1.0, 1.0)
+
+
 def _binary_scaled(w2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sign(w) * scale, scale)`` with ``scale = mean|w|`` per row, as a column."""
     scale = w2d.abs().mean(1, keepdim=True)
@@ -51,16 +79,22 @@ def _binary_scaled(w2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @WEIGHT_QUANTIZERS.register("binary")
 class BinaryWeight(WeightQuantizer):
-    """Binary weights {-1, +1} (codes 0/1), per-output-channel ``mean|w|`` scale optional."""
+    """Binary weights {-1, +1} (codes 0/1), per-output-channel ``mean|w|`` scale optional;
+    ``centring`` is how ``constrain_latent_weights`` centres the latent weights."""
 
     kind = "binary"
     bits = 1
     num_codes = 2
 
-    def __init__(self, estimator: str = "ste", scale: bool = True) -> None:
+    def __init__(self, estimator: str = "ste", scale: bool = True,
+                 centring: str = "filter") -> None:
         super().__init__()
+        if centring not in CENTRINGS:
+            raise ValueError(f"centring={centring!r} is not known; choose one of: "
+                             f"{', '.join(CENTRINGS)}")
         self.estimator = estimator
         self.scale = scale
+        self.centring = centring
 
     def forward(self, w2d: torch.Tensor) -> torch.Tensor:
         if not self.scale:
@@ -69,7 +103,7 @@ class BinaryWeight(WeightQuantizer):
 
     @torch.no_grad()
     def encode(self, w2d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        codes = (w2d >= 0).to(torch.uint8)
+        codes = (~(w2d < 0)).to(torch.uint8)  # NaN -> code 1 (+1), as binary_sign does
         return codes, ({"scale": w2d.abs().mean(1)} if self.scale else {})
 
     def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -77,7 +111,8 @@ class BinaryWeight(WeightQuantizer):
         return b * params["scale"].unsqueeze(1) if self.scale else b
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "estimator": self.estimator, "scale": self.scale}
+        return {"kind": self.kind, "estimator": self.estimator, "scale": self.scale,
+                "centring": self.centring}
 
     def integer_grid(self, codes: torch.Tensor, params: dict[str, torch.Tensor]
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,7 +121,7 @@ class BinaryWeight(WeightQuantizer):
         return q, _float32_scale(params, self.scale), torch.zeros((), dtype=torch.int32)
 
     def extra_repr(self) -> str:
-        return f"estimator={self.estimator!r}, scale={self.scale}"
+        return f"estimator={self.estimator!r}, scale={self.scale}, centring={self.centring!r}"
 
 
 @ACT_QUANTIZERS.register("binary")

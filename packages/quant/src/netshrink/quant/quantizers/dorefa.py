@@ -118,6 +118,10 @@ class DoReFaAct(ActQuantizer):
 
         return quantize_with_estimator(x, fn, 0.0, c, self.estimator)
 
+    def set_clip(self, clip: float) -> None:
+        """Use ``clip`` from now on (a calibrated clip, ``calibrate_act_clips``)."""
+        self.clip = float(clip)
+
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "bits": self.bits, "estimator": self.estimator,
                 "clip": self.clip}

@@ -99,6 +99,15 @@ class LSQAct(ActQuantizer):
         self.initialized.fill_(True)
         self._initialized = True
 
+    @torch.no_grad()
+    def set_clip(self, clip: float) -> None:
+        """Start the step size at ``clip / Qp`` (a calibrated clip) instead of LSQ's own
+        initialisation from the first training batch."""
+        self.clip = float(clip)
+        self.step_size.fill_(self.clip / self.qp)
+        self.initialized.fill_(True)
+        self._initialized = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and not self._initialized:
             self.initialize(x)

@@ -77,6 +77,12 @@ class PACTAct(ActQuantizer):
         with torch.no_grad():
             return _pact_levels(x, self.alpha, n)
 
+    @torch.no_grad()
+    def set_clip(self, clip: float) -> None:
+        """Start ``alpha`` (and the recorded initial clip) at ``clip`` (a calibrated clip)."""
+        self.clip = float(clip)
+        self.alpha.fill_(self.clip)
+
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "bits": self.bits, "clip": self.clip}
 

@@ -58,10 +58,18 @@ for name in $only; do
     echo "install.sh: no package '$name' (looked for $dir/pyproject.toml); known: $all" >&2
     exit 2
   fi
-  if [ "$editable" = 1 ]; then args+=(-e "$dir"); else args+=("$dir"); fi
+  spec="$dir"  # --dev: with the package's own test extra (e.g. prune's timm), if it has one
+  if [ "$dev" = 1 ] && grep -q '^test *=' "$dir/pyproject.toml"; then spec="$dir[test]"; fi
+  if [ "$editable" = 1 ]; then args+=(-e "$spec"); else args+=("$spec"); fi
 done
 [ "$dev" = 1 ] && args+=(pytest pytest-benchmark ruff hypothesis)
 
 export PIP_CONSTRAINT="$root/constraints.txt"   # also pins the build backends pip fetches
 "$py" -m pip install --quiet --disable-pip-version-check "${args[@]}"
 echo "install.sh: installed [$only]$([ "$dev" = 1 ] && echo ' + test tools') into $("$py" -c 'import sys; print(sys.prefix)')"
+# netshrink-kernels compiles its C++ kernels on first use; do it now (cached; ~11 s CPU), so tests
+# and benchmarks do not pay for it. Without a compiler this only says so: the package still works.
+case " $only " in
+  *" kernels "*) "$py" -c 'import netshrink.kernels as k; print("install.sh: kernels",
+      k.simd_path() if k.kernels_available() else "not built: " + k.kernels_unavailable_reason())' ;;
+esac

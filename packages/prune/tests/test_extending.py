@@ -109,10 +109,34 @@ def test_registered_layer_is_rebuilt_from_the_stage_record() -> None:
         assert torch.equal(fresh(x), pruned(x))
 
 
+class EinsumScale(ChannelScale):
+    """A per-channel scale applied through an op the analysis does not follow."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nchw,c->nchw", x, self.scale)
+
+
 def test_unregistered_layer_is_a_clear_error_not_a_silent_no_op() -> None:
     model, x = _model(), torch.randn(2, 3, 8, 8)
-    with pytest.raises(TypeError, match=r"'scale' \(ChannelScale\).*register_pruner"):
+    model.scale = EinsumScale(8)
+    with pytest.raises(TypeError, match=r"'scale' \(EinsumScale\): einsum.*register_pruner"):
         prune_channels(model, x, ChannelPruneConfig(criterion="l1", amount=0.5))
+
+
+def test_unregistered_scale_multiplied_in_is_cut_with_its_channels() -> None:
+    """Without a registration, ChannelScale is traced into; its parameter, multiplied
+    element-wise into the channels, is cut with them (as a ConvNeXt layer scale)."""
+    model, x = _model(), torch.randn(2, 3, 8, 8)
+    plan = plan_channels(model, x, ChannelPruneConfig(criterion="l1", amount=0.5))
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    keep = list(plan.modules["conv1"].out_idx)
+    assert plan.tensors == {"scale.scale": (0, tuple(keep))}
+    assert torch.equal(pruned.scale.scale, model.scale.scale[keep])
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.conv1.weight[sorted(set(range(8)) - set(keep))] = 0
+        zeroed.conv1.bias[sorted(set(range(8)) - set(keep))] = 0
+        assert (zeroed(x) - pruned(x)).abs().max().item() < 1e-5
 
 
 def test_subclasses_use_their_base_class_pruner() -> None:

@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from netshrink.core import ModelStats
-from netshrink.prune import ChannelPruneConfig, DependencyGraph, plan_channels, prune_channels
+from netshrink.prune import (
+    ChannelPruneConfig,
+    DependencyGraph,
+    PruningBlockedError,
+    plan_channels,
+    prune_channels,
+)
 
 
 def _chain(widths=(3, 24, 16, 12, 5)) -> nn.Sequential:
@@ -115,12 +121,15 @@ def test_group_mode_keeps_nin_gc_grouped_convs_valid():
 
 
 def test_normal_mode_leaves_nin_gc_grouped_convs_whole():
+    """Every channel of nin_gc is bound by a grouped conv or shuffle: normal mode cannot prune
+    any, and says so (naming them and mode='group') instead of returning the model unpruned."""
     models = pytest.importorskip("netshrink.models")
     model = models.create_model("nin_gc", width=0.25).eval()
-    pruned = prune_channels(model, torch.randn(2, 3, 32, 32), ChannelPruneConfig(amount=0.5))
-    for name, m in pruned.named_modules():
-        if isinstance(m, nn.Conv2d) and name != "features.conv1":
-            assert m.out_channels == model.get_submodule(name).out_channels
+    with pytest.raises(PruningBlockedError, match=r"groups of features\.conv.*mode='group'"):
+        prune_channels(model, torch.randn(2, 3, 32, 32), ChannelPruneConfig(amount=0.5))
+    pruned = prune_channels(model, torch.randn(2, 3, 32, 32),
+                            ChannelPruneConfig(amount=0.5, mode="group"))
+    assert pruned.features.conv4.out_channels < model.features.conv4.out_channels
 
 
 def test_ignored_layers_and_patterns_are_kept(randomize_bn):

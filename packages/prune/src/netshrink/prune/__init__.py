@@ -17,6 +17,9 @@ from netshrink.prune.channel_prune import (
     ChannelPruneConfig,
     ChannelPruneStage,
     ChannelPruneStageConfig,
+    PruningBlockedError,
+    PruningBlockedWarning,
+    blocking_modules,
     ignored_classes,
     plan_channels,
     prune_channels,
@@ -53,28 +56,35 @@ from netshrink.prune.magnitude import (
 )
 from netshrink.prune.planning import ChannelPlan, ModulePlan
 from netshrink.prune.pruners import (
+    LEAF_FUNCTIONS,
+    LEAVES,
     PRUNERS,
     LayerPruner,
     find_pruner,
     list_pruners,
+    register_leaf,
+    register_leaf_function,
     register_pruner,
     registered_pruner,
     unregister_pruner,
 )
+from netshrink.prune.slicing import slice_channels
 from netshrink.prune.slimming import SlimmingConfig, SlimmingStage, slimming_penalty
 from netshrink.prune.surgery import apply_plan, apply_structure, channel_structure
 from netshrink.prune.tracing import UntraceableModelError, trace
 
 __all__ = [
     "CRITERIA", "ChannelPlan", "ChannelPruneConfig", "ChannelPruneStage",
-    "ChannelPruneStageConfig", "CriterionContext", "DependencyGraph", "LayerPruner", "MODES",
-    "MagnitudePruneConfig", "MagnitudePruneStage", "ModulePlan", "NonFiniteScoreError", "PRUNERS",
+    "ChannelPruneStageConfig", "CriterionContext", "DependencyGraph", "LEAF_FUNCTIONS", "LEAVES",
+    "LayerPruner", "MODES", "MagnitudePruneConfig", "MagnitudePruneStage", "ModulePlan",
+    "NonFiniteScoreError", "PRUNERS", "PruningBlockedError", "PruningBlockedWarning",
     "PruningGroup", "SCOPES", "SlimmingConfig", "SlimmingStage", "SparsePack",
     "UntraceableModelError", "agp_sparsity", "apoz_scores", "apply_masks", "apply_plan",
-    "apply_structure", "bn_gamma_scores", "channel_structure", "find_pruner", "fpgm_scores",
-    "ignored_classes", "l1_scores", "l2_scores", "list_criteria", "list_pruners",
+    "apply_structure", "blocking_modules", "bn_gamma_scores", "channel_structure", "find_pruner",
+    "fpgm_scores", "ignored_classes", "l1_scores", "l2_scores", "list_criteria", "list_pruners",
     "magnitude_prune", "mean_activation_scores", "pack_sparse", "plan_channels", "prune_channels",
-    "random_scores", "register_criterion", "register_pruner", "registered_pruner", "score_classes",
-    "slimming_penalty", "taylor_scores", "trace", "unpack_sparse", "unregister_criterion",
-    "unregister_pruner", "weight_sparsity", "zero_filters",
+    "random_scores", "register_criterion", "register_leaf", "register_leaf_function",
+    "register_pruner", "registered_pruner", "score_classes", "slice_channels", "slimming_penalty",
+    "taylor_scores", "trace", "unpack_sparse", "unregister_criterion", "unregister_pruner",
+    "weight_sparsity", "zero_filters",
 ]

@@ -153,7 +153,8 @@ MOVE_METHODS = {"transpose", "permute", "movedim", "swapaxes", "swapdims", "t", 
                 "unsqueeze", "flatten", "transpose_", "squeeze_", "unsqueeze_"}
 #: ops with size arguments (literal sizes are checked against the channel dimensions).
 RESHAPE_FUNCTIONS = {torch.reshape, torch.unflatten}
-RESHAPE_METHODS = {"view", "reshape", "unflatten", "expand"}
+RESHAPE_METHODS = {"view", "reshape", "unflatten", "expand", "view_as", "reshape_as",
+                   "expand_as"}
 
 REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin, torch.max, torch.min,
                     torch.std, torch.var, torch.prod, torch.logsumexp, torch.argmax,

@@ -51,7 +51,8 @@ class ShapeOps:
         equal channel counts. Anything else pins the channels.
         """
         full = lab.expand(x.shape)
-        out = full.expand(value.shape) if n.target == "expand" else full.reshape(value.shape)
+        expand = n.target in ("expand", "expand_as")
+        out = full.expand(value.shape) if expand else full.reshape(value.shape)
         out = L.compress(out)
         axes = [d for d in range(out.ndim) if out.shape[d] > 1]
         if 0 in axes:
@@ -167,14 +168,17 @@ class ShapeOps:
         full = lab.expand(x.shape)
         out = L.compress(full[idx])
         labelled = set(L.varying_dims(lab))
-        if labelled & _indexed_dims(idx, x.ndim):
+        if labelled & _indexed_dims(idx, tuple(x.shape)):
             self.pin(lab)
         return self.check_batch(n, lab, out)
 
 
 
-def _indexed_dims(idx: Any, ndim: int) -> set[int]:
-    """Dimensions of the input that ``x[idx]`` does not take whole."""
+def _indexed_dims(idx: Any, shape: tuple[int, ...]) -> set[int]:
+    """Dimensions of the input that ``x[idx]`` does not take whole. A slice reaching past the
+    end (``x[:, :k]`` with ``k >= size``, as GhostNet's cut after its concat when nothing is
+    cut) takes the whole dimension, before pruning and after."""
+    ndim = len(shape)
     items = idx if isinstance(idx, tuple) else (idx,)
     consumed = sum(1 for it in items if it is not None and it is not Ellipsis)
     touched: set[int] = set()
@@ -184,13 +188,22 @@ def _indexed_dims(idx: Any, ndim: int) -> set[int]:
             d += ndim - consumed
         elif it is None:
             continue
-        elif isinstance(it, slice) and it == slice(None):
+        elif isinstance(it, slice) and _whole(it, shape[d] if d < ndim else 0):
             d += 1
         else:
             width = it.ndim if isinstance(it, torch.Tensor) and it.dtype == torch.bool else 1
             touched.update(range(d, d + max(width, 1)))
             d += max(width, 1)
     return touched
+
+
+def _whole(s: slice, size: int) -> bool:
+    """``s`` takes every index of a dimension of ``size`` (or more): ``:``, ``0:k`` with
+    ``k >= size`` (literal bounds only)."""
+    start_ok = s.start is None or (isinstance(s.start, int) and s.start == 0)
+    stop_ok = s.stop is None or (isinstance(s.stop, int) and s.stop >= size)
+    step_ok = s.step is None or s.step == 1
+    return start_ok and stop_ok and step_ok
 
 
 def size_spec(n: Node, name: str, args: tuple) -> dict[int, Any]:
@@ -204,6 +217,8 @@ def size_spec(n: Node, name: str, args: tuple) -> dict[int, Any]:
         raw = raw[0]
     if name == "expand":
         return {d: (None if s == -1 else s) for d, s in enumerate(raw)}
+    if name.endswith("_as"):  # sizes of another tensor, read at run time
+        return {}
     return dict(enumerate(raw))
 
 

@@ -16,7 +16,7 @@ import torch.fx
 from torch.fx.node import Node
 
 from netshrink.prune import _labels as L
-from netshrink.prune.propagation import LabelPropagator, Partition
+from netshrink.prune.propagation import LabelPropagator, Partition, describe_node
 
 
 class _UnionFind:
@@ -55,18 +55,45 @@ class Analysis(LabelPropagator):
         self.node_new_labels: dict[str, list[torch.Tensor]] = {}
         self.input_dtype = torch.float32
         self.input_device = torch.device("cpu")
+        self.attr_labels: dict[str, Any] = {}
+        #: label -> where it was first pinned (``propagation.describe_node``)
+        self.pin_reason: dict[int, str] = {}
+
+    def get_attr_labels(self, n: Node, value: Any) -> Any:
+        """A stored tensor (a layer scale, a norm's affine read in a traced forward): every
+        element its own label, *not* pinned. Combined element-wise with channels (``x *
+        gamma.view(1, -1, 1, 1)``) each element merges with its channel and is sliced with it
+        (``planning``); any other use (an unknown op, a broadcast) pins it as usual. Scalars
+        and huge tensors stay pinned; one tensor read twice has the same labels."""
+        if n.target in self.attr_labels:
+            return self.attr_labels[n.target]
+
+        def one(t: torch.Tensor) -> torch.Tensor:
+            if t.numel() > (1 << 22):
+                return self.fresh_like(n, t)
+            return self.new_labels(n, t.numel(), pinned=t.ndim == 0).reshape(t.shape)
+        labels = L.tree_map(value, one)
+        self.attr_labels[n.target] = labels
+        return labels
 
     def new_labels(self, n: Node, count: int, *, pinned: bool) -> torch.Tensor:
         ids = self.uf.add(count)
         if pinned:
             self.pinned.update(ids)
+            reason = describe_node(self.module, n)
+            for i in ids:
+                self.pin_reason.setdefault(i, reason)
         vec = torch.arange(ids.start, ids.stop, dtype=torch.long)
         self.node_new_labels.setdefault(n.name, []).append(vec)
         return vec
 
-    def pin(self, *trees: Any) -> None:
+    def pin(self, *trees: Any, reason: str | None = None) -> None:
+        reason = reason or describe_node(self.module, self.current)
         for tree in trees:
-            self.pinned.update(L.unique_labels(tree))
+            labels = L.unique_labels(tree)
+            self.pinned.update(labels)
+            for i in labels:
+                self.pin_reason.setdefault(i, reason)
 
     def partition(self, n: Node, blocks: list[torch.Tensor], why: str) -> None:
         self.partitions.append(Partition(n.name, why, [b.clone() for b in blocks]))
@@ -77,10 +104,15 @@ class Analysis(LabelPropagator):
         if torch.equal(a, b):
             return a
         pairs = torch.unique(torch.stack([a.reshape(-1), b.reshape(-1)], 1), dim=0)
-        fan_a = _fanned(pairs[:, 0])
-        fan_b = _fanned(pairs[:, 1])
+        # A label meeting several others is pinned only when its operand is broadcast (a
+        # scalar gate, constant where the other operand varies). A label repeated along the
+        # channels (GhostNet's concat of a conv and its depthwise copy) merges with every
+        # label it meets: they are one channel, pruned together.
+        dims_a, dims_b = set(L.varying_dims(a)), set(L.varying_dims(b))
+        fan_a = _fanned(pairs[:, 0]) if not dims_a & dims_b else set()
+        fan_b = _fanned(pairs[:, 1]) if not dims_a & dims_b else set()
         self.fanned.update(fan_a | fan_b)
-        self.pinned.update(fan_a | fan_b)
+        self.pin(torch.tensor(sorted(fan_a | fan_b), dtype=torch.long))
         for x, y in pairs.tolist():
             if x not in fan_a and y not in fan_b:
                 self.uf.union(x, y)
@@ -94,7 +126,8 @@ class Analysis(LabelPropagator):
         counts = Counter(call.module for call in self.calls)
         for call in self.calls:
             if counts[call.module] > 1:
-                self.pin(call.in_vec, call.out_vec)
+                self.pin(call.in_vec, call.out_vec,
+                         reason=f"'{call.module}' (called {counts[call.module]} times)")
 
 
 def _fanned(column: torch.Tensor) -> set[int]:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -41,7 +43,12 @@ from netshrink.prune.graph import DependencyGraph
 from netshrink.prune.planning import ChannelPlan, PlanViolation, make_plan
 from netshrink.prune.pruners import find_pruner
 from netshrink.prune.selection import select_dropped
-from netshrink.prune.surgery import apply_plan, apply_structure, channel_structure
+from netshrink.prune.surgery import (
+    apply_plan,
+    apply_structure,
+    channel_structure,
+    tensor_structure,
+)
 
 SCOPES: tuple[str, ...] = ("global", "per_layer")
 DEFAULT_AMOUNT = 0.5
@@ -115,6 +122,7 @@ def plan_channels(model: nn.Module, example_input: torch.Tensor, config: Channel
     context = CriterionContext(model, graph, data, config.max_batches, config.seed)
     scores = score_classes(config.criterion, context)
     pinned = ignored_classes(graph, config.ignored_layers)
+    reasons: dict[int, str] = {}
 
     def plan_for(amount: float) -> ChannelPlan:
         nonlocal pinned
@@ -129,42 +137,79 @@ def plan_channels(model: nn.Module, example_input: torch.Tensor, config: Channel
                     raise RuntimeError(f"pruning {type(model).__name__} failed at node "
                                        f"{violation}") from violation
                 pinned = pinned | violation.classes  # keep them and select again
+                for c in violation.classes:
+                    reasons.setdefault(c, f"the pruned model's check at node {violation}")
 
     if config.macs_target is None:
         plan = plan_for(config.amount)
     else:
         plan = _search_macs(model, example_input, config.macs_target, plan_for)
-    if plan.removed_channels == 0 and (config.amount or 0.0) + (config.macs_target or 0.0):
-        _check_unregistered(model, graph)
+    blocked = blocking_modules(graph, config.mode, reasons)
+    plan = dataclasses.replace(plan, blocked=blocked)
+    asked = (config.amount or 0.0) + (config.macs_target or 0.0) > 0
+    model_io = ("the model's input", "the model's output")
+    candidates = sum(1 for c in graph.classes() if graph.pin_reasons.get(c) not in model_io)
+    held = sum(blocked.values())
+    bound = _bound(graph) if config.mode != "group" else set()
+    free = [c for c in graph.classes()
+            if c not in graph.pinned and c not in pinned and c not in bound]
+    if asked and plan.removed_channels == 0 and held and not free:
+        raise PruningBlockedError(
+            f"pruning {type(model).__name__} removed no channels: {held} of its {candidates} "
+            f"channel groups are held by {_shown(blocked)}. A layer type that reads its own "
+            "tensors per channel needs a pruner (netshrink.prune.register_pruner, see "
+            "docs/extending.md); an op the analysis does not follow keeps its channels")
+    if asked and candidates and held > candidates / 2:
+        warnings.warn(f"pruning {type(model).__name__}: {held} of its {candidates} channel "
+                      f"groups cannot be pruned, held by {_shown(blocked)}; the amount applies "
+                      "to the rest", PruningBlockedWarning, stacklevel=2)
     return plan
 
 
-def _check_unregistered(model: nn.Module, graph: DependencyGraph) -> None:
-    """Nothing was pruned although channels were asked for: when modules of a type without a
-    registered pruner read their own tensors inside the traced forward (which pins every
-    channel they touch), raise a TypeError naming them instead of returning an unpruned model.
-    """
-    owners: dict[str, str] = {}
-    for node in graph.gm.graph.nodes:
-        if node.op != "get_attr":
-            continue
-        owner_name = str(node.target).rpartition(".")[0]
-        if not owner_name:  # the model's own tensors
-            continue
-        try:
-            owner = model.get_submodule(owner_name)
-        except AttributeError:
-            continue
-        if find_pruner(type(owner)) is None:
-            owners.setdefault(owner_name, type(owner).__name__)
-    if owners:
-        shown = ", ".join(f"{name!r} ({kind})" for name, kind in owners.items())
-        kinds = ", ".join(sorted(set(owners.values())))
-        raise TypeError(
-            f"pruning {type(model).__name__} removed no channels: module(s) {shown} use their "
-            f"own parameters or buffers per channel, which pins the channels they touch, and "
-            f"no pruner is registered for {kinds}; register one with "
-            "netshrink.prune.register_pruner (see docs/extending.md)")
+def _bound(graph: DependencyGraph) -> set[int]:
+    return {c for blocks in graph.partitions for block in blocks for c in block}
+
+
+class PruningBlockedError(TypeError):
+    """Channels were asked for but none could be removed; the message names what holds them
+    (a TypeError for compatibility: it used to be raised for unregistered layer types)."""
+
+
+class PruningBlockedWarning(UserWarning):
+    """Most channel groups of the model cannot be pruned; the message names what holds them."""
+
+
+def blocking_modules(graph: DependencyGraph, mode: str = "normal",
+                     extra: Mapping[int, str] | None = None) -> dict[str, int]:
+    """What keeps prunable channel groups from being pruned: where each was pinned (a module
+    without a pruner, an op the analysis does not follow, a module called twice, ...) or, in
+    the normal and regular modes, the grouped conv / chunk / shuffle binding it -> how many
+    groups, most first. The model's own input and output channels are not counted; ``extra``
+    gives the reasons of classes pinned by the caller (ignored layers, failed checks)."""
+    extra = extra or {}
+    counts: Counter[str] = Counter()
+    bound: dict[int, str] = {}
+    if mode != "group":
+        for blocks, why in zip(graph.partitions, graph.partition_reasons, strict=True):
+            for block in blocks:
+                for c in block:
+                    bound.setdefault(c, f"{why} (mode='group' prunes it)")
+    for c in graph.classes():
+        if c in graph.pinned:
+            reason = graph.pin_reasons.get(c, "the analysis")
+            if reason not in ("the model's input", "the model's output"):
+                counts[reason] += 1
+        elif c in bound:
+            counts[bound[c]] += 1
+        elif c in extra:
+            counts[extra[c]] += 1
+    return dict(counts.most_common())
+
+
+def _shown(blocked: dict[str, int], limit: int = 6) -> str:
+    items = [f"{where} ({n})" for where, n in list(blocked.items())[:limit]]
+    more = len(blocked) - limit
+    return ", ".join(items) + (f" and {more} more" if more > 0 else "")
 
 
 def _search_macs(model: nn.Module, example_input: torch.Tensor, target: float,
@@ -294,6 +339,7 @@ class ChannelPruneStage(Stage):
         plan = self._plan(model)
         apply_plan(model, plan)
         self.structure.update(channel_structure(model, list(plan.modules)))
+        self.structure.update(tensor_structure(model, plan))
         return model
 
     def rebuild(self, model: nn.Module) -> nn.Module:

@@ -62,6 +62,10 @@ class DependencyGraph:
             elif call.kind in ("bn", "depthwise") and call.in_vec is not None:
                 self.followers[name] = classes
         self.pinned: frozenset[int] = frozenset(find(x) for x in analysis.pinned)
+        #: pinned class -> where it was first pinned (a module, an op inside one, ...)
+        self.pin_reasons: dict[int, str] = {}
+        for label, reason in analysis.pin_reason.items():
+            self.pin_reasons.setdefault(find(label), reason)
         self.partitions: list[list[list[int]]] = []
         self.partition_reasons: list[str] = []
         for part in analysis.partitions:

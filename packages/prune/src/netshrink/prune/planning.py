@@ -44,6 +44,11 @@ class ChannelPlan:
     modules: dict[str, ModulePlan]
     removed: dict[str, tuple[int, ...]]
     dropped_classes: frozenset[int]
+    #: stored tensors read in a traced forward and cut with their channels (a layer scale):
+    #: qualified name -> (dimension, kept indices)
+    tensors: dict[str, tuple[int, tuple[int, ...]]] = dataclasses.field(default_factory=dict)
+    #: what holds the channel groups that could not be pruned -> how many (``plan_channels``)
+    blocked: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def removed_channels(self) -> int:
@@ -71,6 +76,7 @@ class Simulation(LabelPropagator):
         self.find = graph.find
         self.dropped = dropped
         self.counters: dict[str, int] = defaultdict(int)
+        self.tensors: dict[str, tuple[int, tuple[int, ...]]] = {}
 
     def classes(self, tree: Any) -> set[int]:
         return {self.find(x) for x in L.unique_labels(tree)}
@@ -112,7 +118,32 @@ class Simulation(LabelPropagator):
             return None
         return super().label_node(n, value, args, kwargs)
 
+    def sliced_attr(self, n: Node) -> tuple[Any, Any]:
+        """A stored tensor with the elements of dropped classes removed: they must lie along
+        one dimension (the channels it scales), else the plan is refused."""
+        value, lab = self.fetch_attr(n.target), self.ref.labels[n.name]
+        if not isinstance(value, torch.Tensor) or not isinstance(lab, torch.Tensor):
+            return value, lab
+        classes = torch.tensor([self.find(x) for x in lab.reshape(-1).tolist()],
+                               dtype=torch.long).reshape(lab.shape)
+        keep = ~torch.isin(classes, torch.tensor(sorted(self.dropped), dtype=torch.long))
+        if bool(keep.all()):
+            return value, lab
+        vary = L.varying_dims(classes)
+        if len(vary) != 1 or lab.shape != value.shape:
+            raise PlanViolation(n.name, self.classes(lab),
+                                f"stored tensor {n.target} cannot be cut along one dimension")
+        d = vary[0]
+        idx = keep.movedim(d, 0).reshape(keep.shape[d], -1)[:, 0].nonzero().flatten()
+        self.tensors[str(n.target)] = (d, tuple(idx.tolist()))
+        return (value.index_select(d, idx.to(value.device)), lab.index_select(d, idx))
+
     def run_node(self, n: Node) -> Any:
+        if n.op == "get_attr":
+            value, labels = self.sliced_attr(n)
+            self.labels[n.name] = labels
+            self.shapes[n.name] = L.tree_map(value, lambda t: tuple(t.shape))
+            return value
         try:
             return super().run_node(n)
         except PlanViolation:
@@ -140,7 +171,8 @@ def make_plan(graph: DependencyGraph, dropped: frozenset[int]) -> ChannelPlan:
             removed[ref.module] = lost
         if plan is not None:
             modules[ref.module] = plan
-    return ChannelPlan(modules=modules, removed=removed, dropped_classes=dropped)
+    return ChannelPlan(modules=modules, removed=removed, dropped_classes=dropped,
+                       tensors=dict(sim.tensors))
 
 
 def _module_plan(graph: DependencyGraph, ref: ModuleCall, new: ModuleCall,

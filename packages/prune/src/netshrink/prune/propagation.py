@@ -77,6 +77,7 @@ class LabelPropagator(ShapeOps, torch.fx.Interpreter):
         self.shapes: dict[str, Any] = {}
         self.calls: list[ModuleCall] = []
         self.activations: list[tuple[str, torch.Tensor]] = []
+        self.current: Node | None = None
 
     # hooks filled by the subclasses -----------------------------------------------------
     def new_labels(self, n: Node, count: int, *, pinned: bool) -> torch.Tensor:
@@ -98,6 +99,7 @@ class LabelPropagator(ShapeOps, torch.fx.Interpreter):
 
     # driver -------------------------------------------------------------------------------
     def run_node(self, n: Node) -> Any:
+        self.current = n
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             module = self.module_of(n)
@@ -189,8 +191,11 @@ class LabelPropagator(ShapeOps, torch.fx.Interpreter):
         x = args[0]
         lab = self.arg_labels(n)[0][0]
         pruner = find_pruner(type(m))
+        if pruner.per_channel and not pruner.prunable(m):  # e.g. a LayerNorm over 2 dims
+            self.pin(lab)
+            return lab, (x if simulate else None)
         if pruner.per_channel:
-            dim = pruner.channel_dim % x.ndim
+            dim = pruner.dim_of(m) % x.ndim
             vec = L.channel_vector(lab, x.shape[dim], dim)
             out = vec
             if vec is None:  # channels unreadable here (e.g. a wrong channel_dim): kept
@@ -302,3 +307,25 @@ def _zeros(simulate: bool, shape: tuple, like: torch.Tensor) -> torch.Tensor | N
 def _is_param_module(m: nn.Module | None) -> bool:
     """A module whose channels the analysis records: its type has a registered pruner."""
     return m is not None and find_pruner(type(m)) is not None
+
+
+def describe_node(gm: torch.fx.GraphModule, n: Node | None) -> str:
+    """Where a node is, for messages: ``'name' (Type)`` of its module (a module call, or the
+    innermost module whose forward holds the op) and the op."""
+    if n is None:
+        return "the analysis"
+    if n.op == "placeholder":
+        return "the model's input"
+    if n.op == "output":
+        return "the model's output"
+    if n.op == "call_module":
+        return f"'{n.target}' ({type(gm.get_submodule(n.target)).__name__})"
+    if n.op == "get_attr":
+        return f"stored tensor '{n.target}'"
+    stack = n.meta.get("nn_module_stack") or {}
+    op = L.op_name(n.target)
+    if stack:
+        path, kind = list(stack.values())[-1]
+        kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+        return f"'{path}' ({kind.rpartition('.')[2]}): {op}"
+    return f"{op} in {type(gm).__name__}.forward"

@@ -12,7 +12,9 @@ A *layer pruner* says, for one module type, how to cut its channels:
   is prunable" (the channels are tied to its input's, like a BatchNorm); False means it makes
   new output channels from all its inputs (a producer, like a conv or linear);
 * ``channel_dim``: the dimension of the module's input that holds channels (1 for NCHW; -1 for
-  a channels-last layer);
+  a channels-last layer), or a function of the module giving it per instance;
+* ``applies(module) -> bool``: whether an instance can be pruned at all (default: yes); the
+  channels of one that cannot are kept (a LayerNorm over more than one dimension);
 * ``shape(module) -> {name: int}`` / ``resize(module, shape) -> module``: the shape numbers a
   checkpoint records for a pruned module and how a freshly built module gets them back.
   Per-channel layers default to ``{"channels": n}`` (``n`` the first dimension of their first
@@ -40,6 +42,13 @@ import torch
 from torch import nn
 
 from netshrink.prune import _labels as L
+from netshrink.prune.slicing import (
+    channel_count,
+    conv_resize,
+    conv_slice_in,
+    conv_slice_out,
+    slice_channels,
+)
 
 PruneFn = Callable[[Any, torch.Tensor], nn.Module]
 
@@ -52,9 +61,20 @@ class LayerPruner:
     prune_out: PruneFn
     prune_in: PruneFn | None
     per_channel: bool
-    channel_dim: int = 1
+    channel_dim: int | Callable[[Any], int] = 1
     shape: Callable[[Any], dict[str, int]] | None = None
     resize: Callable[[Any, dict[str, int]], nn.Module] | None = None
+    applies: Callable[[Any], bool] | None = None
+
+    def dim_of(self, module: nn.Module) -> int:
+        """The channel dimension of ``module``'s input (``channel_dim``, or its value for this
+        instance when ``channel_dim`` is a function of the module)."""
+        dim = self.channel_dim
+        return int(dim(module)) if callable(dim) else dim
+
+    def prunable(self, module: nn.Module) -> bool:
+        """False when this instance cannot be pruned (``applies``): its channels are kept."""
+        return self.applies is None or bool(self.applies(module))
 
     def shape_of(self, module: nn.Module) -> dict[str, int]:
         if self.shape is not None:
@@ -75,16 +95,19 @@ PRUNERS: dict[type[nn.Module], LayerPruner] = {}
 
 
 def register_pruner(module_type: type[nn.Module], *, per_channel: bool,
-                    prune_in: PruneFn | None = None, channel_dim: int = 1,
+                    prune_in: PruneFn | None = None,
+                    channel_dim: int | Callable[[Any], int] = 1,
                     shape: Callable[[Any], dict[str, int]] | None = None,
-                    resize: Callable[[Any, dict[str, int]], nn.Module] | None = None
+                    resize: Callable[[Any, dict[str, int]], nn.Module] | None = None,
+                    applies: Callable[[Any], bool] | None = None
                     ) -> Callable[[PruneFn], PruneFn]:
     """Decorator: register ``prune_out(module, keep_idx)`` as ``module_type``'s pruner.
 
     ``per_channel=True``: a channel-preserving layer (output channel i is input channel i),
     pruned with its input's channels; ``prune_in`` must then be None. ``per_channel=False``:
     a producer of new channels; ``prune_in`` is required. See the module docstring for the
-    other arguments."""
+    other arguments; ``applies(module) -> bool`` says whether an instance can be pruned at all
+    (e.g. a LayerNorm over one dimension only); the channels of one that cannot are kept."""
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
         raise TypeError(f"register_pruner needs an nn.Module subclass, got {module_type!r}")
     if per_channel and prune_in is not None:
@@ -103,7 +126,7 @@ def register_pruner(module_type: type[nn.Module], *, per_channel: bool,
         if module_type in PRUNERS:
             raise ValueError(f"a pruner for {module_type.__name__} is registered twice")
         PRUNERS[module_type] = LayerPruner(module_type, prune_out, prune_in, per_channel,
-                                           channel_dim, shape, resize)
+                                           channel_dim, shape, resize, applies)
         return prune_out
     return add
 
@@ -128,6 +151,7 @@ def registered_pruner(module_type: type[nn.Module], prune_out: PruneFn, *, per_c
 
 def find_pruner(module_type: type) -> LayerPruner | None:
     """The pruner registered for ``module_type`` or its nearest registered base class."""
+    load_third_party()
     for base in module_type.__mro__:
         found = PRUNERS.get(base)
         if found is not None:
@@ -148,8 +172,42 @@ def get_pruner(module: nn.Module, name: str = "") -> LayerPruner:
 
 
 def is_registered_leaf(module: nn.Module) -> bool:
-    """True when ``type(module)`` itself was registered (traced as an fx leaf)."""
-    return type(module) in PRUNERS
+    """True when ``type(module)`` itself has a pruner or is a registered leaf (traced as one
+    fx node: its forward is not traced into)."""
+    load_third_party()
+    return type(module) in PRUNERS or type(module) in LEAVES
+
+
+#: module types traced as fx leaves without a pruner of their own (a subclass of a registered
+#: type uses its base's pruner; any other leaf's channels are kept): layers whose forward
+#: branches on the input's shape (TF-"same" padding) or reads its own tensors per channel.
+LEAVES: set[type[nn.Module]] = set()
+#: functions fx calls as one node instead of tracing into (as ``torch.fx.wrap``).
+LEAF_FUNCTIONS: set[Callable[..., Any]] = set()
+
+
+def register_leaf(module_type: type[nn.Module]) -> type[nn.Module]:
+    """Trace ``module_type`` as one fx node (usable as a class decorator)."""
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"register_leaf needs an nn.Module subclass, got {module_type!r}")
+    LEAVES.add(module_type)
+    return module_type
+
+
+def register_leaf_function(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Call ``fn`` as one fx node when tracing (its channels are kept)."""
+    if not callable(fn):
+        raise TypeError(f"register_leaf_function needs a function, got {fn!r}")
+    LEAF_FUNCTIONS.add(fn)
+    return fn
+
+
+def load_third_party() -> None:
+    """Register the leaves and pruners of the model libraries already imported (timm); a
+    library that is not imported cannot have built the model, so nothing is imported here."""
+    from netshrink.prune.third_party import load
+
+    load()
 
 
 def list_pruners() -> list[str]:
@@ -201,6 +259,8 @@ def _conv_shape(m: nn.Module) -> dict[str, int]:
 
 
 def _conv_like(old: nn.Module, shape: dict[str, int]) -> nn.Module:
+    if type(old) not in L.CONV_TYPES:  # a subclass: its constructor may differ
+        return conv_resize(old, shape)
     new = type(old)(shape["in_channels"], shape["out_channels"], old.kernel_size,
                     stride=old.stride, padding=old.padding, dilation=old.dilation,
                     groups=shape["groups"], bias=old.bias is not None,
@@ -212,6 +272,8 @@ def _conv_like(old: nn.Module, shape: dict[str, int]) -> nn.Module:
 def _conv_prune_in(old: nn.Module, keep: torch.Tensor) -> nn.Module:
     """Keep input channels ``keep``; a grouped conv keeps each output's own group's inputs at
     their local positions (the group count stays; the plan keeps the groups balanced)."""
+    if type(old) not in L.CONV_TYPES:
+        return conv_slice_in(old, keep)
     g = old.groups
     if g == 1:
         weight = old.weight[:, keep]
@@ -235,6 +297,8 @@ def _conv_prune_in(old: nn.Module, keep: torch.Tensor) -> nn.Module:
 def _conv_prune_out(old: nn.Module, keep: torch.Tensor) -> nn.Module:
     """Keep output channels ``keep``; a depthwise conv (groups == in == out) keeps the same
     channels of its input too (one index set)."""
+    if type(old) not in L.CONV_TYPES:
+        return conv_slice_out(old, keep)
     if _is_depthwise(old):
         shape = {"in_channels": len(keep), "out_channels": len(keep), "groups": len(keep)}
     else:
@@ -296,6 +360,8 @@ def _bn_shape(m: nn.Module) -> dict[str, int]:
 
 
 def _bn_like(old: nn.Module, shape: dict[str, int]) -> nn.Module:
+    if type(old) not in L.BN_TYPES:  # a subclass (e.g. fused with its activation)
+        return slice_channels(old, _arange(shape["num_features"], old))
     new = type(old)(shape["num_features"], eps=old.eps, momentum=old.momentum,
                     affine=old.affine, track_running_stats=old.track_running_stats,
                     **_factory(old))
@@ -304,6 +370,8 @@ def _bn_like(old: nn.Module, shape: dict[str, int]) -> nn.Module:
 
 @torch.no_grad()
 def _bn_prune(old: nn.Module, keep: torch.Tensor) -> nn.Module:
+    if type(old) not in L.BN_TYPES:
+        return slice_channels(old, keep)
     new = _bn_like(old, {"num_features": len(keep)})
     for tname in ("weight", "bias", "running_mean", "running_var"):
         src = getattr(old, tname)
@@ -316,3 +384,18 @@ def _bn_prune(old: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 for _bn in L.BN_TYPES:
     register_pruner(_bn, per_channel=True, shape=_bn_shape, resize=_bn_like)(_bn_prune)
+
+
+# -- built-in pruners: LayerNorm over the channels --------------------------------------------
+# A LayerNorm over one (the last) dimension normalizes each position across its channels: it
+# is pruned with them (channels-last, as in ConvNeXt and transformers). Its statistics then
+# cover the kept channels only, so unlike a BatchNorm the pruned model is an approximation of
+# the original with the channels zeroed (fine-tuning closes the gap).
+
+
+def _one_dim_norm(m: nn.Module) -> bool:
+    return len(m.normalized_shape) == 1
+
+
+register_pruner(nn.LayerNorm, per_channel=True, channel_dim=-1, applies=_one_dim_norm,
+                shape=lambda m: {"channels": channel_count(m)})(slice_channels)

@@ -15,6 +15,7 @@ from torch import nn
 
 from netshrink.prune.planning import ChannelPlan, ModulePlan
 from netshrink.prune.pruners import find_pruner, get_pruner
+from netshrink.prune.slicing import set_tensor
 
 
 def apply_plan(model: nn.Module, plan: ChannelPlan) -> nn.Module:
@@ -22,7 +23,22 @@ def apply_plan(model: nn.Module, plan: ChannelPlan) -> nn.Module:
     for name, mp in plan.modules.items():
         old = model.get_submodule(name)
         _replace(model, name, _pruned(old, mp, name))
+    for name, (dim, keep) in plan.tensors.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        t = getattr(owner, attr)
+        index = torch.tensor(list(keep), dtype=torch.long, device=t.device)
+        set_tensor(owner, attr, t.detach().index_select(dim, index).clone())
     return model
+
+
+def tensor_structure(model: nn.Module, plan: ChannelPlan) -> dict[str, dict[str, int]]:
+    """The cut stored tensors of ``plan`` as structure entries (``{"tensor_dim": d,
+    "tensor_size": n}``), which ``apply_structure`` recreates."""
+    out: dict[str, dict[str, int]] = {}
+    for name, (dim, keep) in plan.tensors.items():
+        out[name] = {"tensor_dim": dim, "tensor_size": len(keep)}
+    return out
 
 
 def channel_structure(model: nn.Module, names: list[str] | None = None
@@ -52,6 +68,9 @@ def _shape_of(m: nn.Module) -> dict[str, int] | None:
 def apply_structure(model: nn.Module, structure: dict[str, dict[str, int]]) -> nn.Module:
     """Give the named modules the recorded shapes (fresh weights, to be loaded next)."""
     for name, shape in structure.items():
+        if set(shape) == {"tensor_dim", "tensor_size"}:
+            _resize_tensor(model, name, shape["tensor_dim"], shape["tensor_size"])
+            continue
         try:
             old = model.get_submodule(name)
         except AttributeError as err:
@@ -63,6 +82,21 @@ def apply_structure(model: nn.Module, structure: dict[str, dict[str, int]]) -> n
                              f"({type(old).__name__})")
         _replace(model, name, get_pruner(old, name).resized(old, dict(shape)))
     return model
+
+
+def _resize_tensor(model: nn.Module, name: str, dim: int, size: int) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_name)
+        t = getattr(owner, attr)
+    except AttributeError as err:
+        raise ValueError(f"recorded pruned tensor {name!r} does not exist in "
+                         f"{type(model).__name__}") from err
+    if not isinstance(t, torch.Tensor) or not 0 <= dim < t.ndim:
+        raise ValueError(f"recorded pruned tensor {name!r} has no dimension {dim}")
+    shape = list(t.shape)
+    shape[dim] = size
+    set_tensor(owner, attr, torch.zeros(shape, dtype=t.dtype, device=t.device))
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

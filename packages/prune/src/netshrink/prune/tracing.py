@@ -13,7 +13,7 @@ from typing import Any
 import torch.fx
 from torch import nn
 
-from netshrink.prune.pruners import is_registered_leaf
+from netshrink.prune.pruners import LEAF_FUNCTIONS, is_registered_leaf, load_third_party
 
 
 class UntraceableModelError(RuntimeError):
@@ -22,7 +22,8 @@ class UntraceableModelError(RuntimeError):
 
 class _NamingTracer(torch.fx.Tracer):
     """A default fx tracer that turns a failure inside a module into UntraceableModelError,
-    and keeps modules whose type has a registered pruner (``pruners``) as leaves."""
+    and keeps modules whose type has a registered pruner or is a registered leaf (``pruners``)
+    as leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return is_registered_leaf(m) or super().is_leaf_module(m, module_qualified_name)
@@ -42,7 +43,8 @@ class _NamingTracer(torch.fx.Tracer):
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
     """Symbolically trace ``model``; the GraphModule shares the model's submodules."""
-    tracer = _NamingTracer()
+    load_third_party()
+    tracer = _NamingTracer(autowrap_functions=tuple(LEAF_FUNCTIONS))
     try:
         graph = tracer.trace(model)
     except UntraceableModelError:

@@ -1,0 +1,131 @@
+"""``BitConv2d``: a binary-input conv with binary or ternary weights on the packed kernels.
+
+Built from an eval-mode ``netshrink.quant.QuantConv2d`` whose input quantizer is binary
+``sign`` and whose weights are binary or ternary (frozen codes from a packed file, or live
+latent weights, encoded once). Forward (inference only, float32 on the CPU): pack ``sign(x)``
+along channels, XOR / popcount against the weight bit-planes with exact integer accumulation,
+multiply by the per-channel weight scale (1 without one), then the layer's own epilogue: the
+folded ``out_scale`` and bias, rounded step by step as ``torch.addcmul`` does in the layer.
+
+Exactness: the integer sum is exact, and zero padding is handled per position (a padded tap
+adds nothing, as in the float conv). The result equals the fake-quantized layer bit for bit
+whenever the float conv of ``sign(x)`` with the decoded weights is itself exact: unscaled
+codes (BNN, TWN without scale) and power-of-two scales. With a general per-channel scale
+(XNOR ``mean|w|``, TWN's), the float conv rounds its running sum of ``+-scale`` terms while the
+kernel rounds once (``count * scale``): they can differ in the last bits. Likewise a conv bias
+without a folded ``out_scale`` (torch's conv adds it inside its own accumulation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from netshrink.kernels._build import kernel_ops
+from netshrink.kernels.weights import BitPlanes, bit_planes
+
+#: The compiled kernels a ``BitConv2d`` can be forced to use (``available_paths()``: this CPU's).
+KERNEL_PATHS: dict[str, int] = {"auto": 0, "portable": 1, "avx2": 2, "avx512": 3}
+
+
+class BitConv2d(nn.Module):
+    """A packed-kernel conv: ``sign(x)`` (*) binary / ternary weights, then scale and epilogue."""
+
+    def __init__(self, planes: BitPlanes, *, in_channels: int, out_channels: int,
+                 kernel_size: tuple[int, int], stride: tuple[int, int],
+                 padding: tuple[int, int], dilation: tuple[int, int], groups: int,
+                 weight_scale: torch.Tensor | None, out_scale: torch.Tensor | None,
+                 bias: torch.Tensor | None, ternary: bool) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.dilation = tuple(padding), tuple(dilation)
+        self.ternary = ternary
+        #: Which compiled kernel runs: "auto" (the best this CPU has), or one of
+        #: ``KERNEL_PATHS`` to force it (tests, comparisons).
+        self.kernel_path = "auto"
+        #: ``(kernel, stride, padding)`` of a max-pool applied to the packed input first (set by
+        #: ``absorb_sign_preserving``: max of signs = OR of bits), or None.
+        self.pre_pool: tuple[int, int, int] | None = None
+        for name in ("p", "m", "total", "tap_sum"):
+            self.register_buffer(name, getattr(planes, name))
+        alpha = (torch.ones(out_channels) if weight_scale is None
+                 else weight_scale.detach().reshape(-1).to("cpu", torch.float32))
+        self.register_buffer("alpha", alpha.contiguous())
+        self.register_buffer("out_scale", None if out_scale is None
+                             else out_scale.detach().to("cpu", torch.float32))
+        self.register_buffer("bias", None if bias is None
+                             else bias.detach().to("cpu", torch.float32))
+
+    @classmethod
+    def from_quant_conv(cls, layer: nn.Module) -> BitConv2d:
+        """Pack a ``QuantConv2d`` (see ``convertible_reason`` for which ones qualify)."""
+        reason = convertible_reason(layer)
+        if reason is not None:
+            raise ValueError(f"cannot run {type(layer).__name__} on packed kernels: {reason}")
+        wq = layer.weight_quant
+        if layer.is_frozen:
+            quantizer, codes = wq.quantizer, wq.codes
+            params = {name: getattr(wq, name) for name in wq.param_names}
+        else:
+            quantizer = wq
+            codes, params = wq.encode(layer._out_major(layer.weight.detach()))
+        ternary = quantizer.kind == "ternary"
+        t = codes.to(torch.int64) - 1 if ternary else codes.to(torch.int64) * 2 - 1
+        t = t.view(layer._weight_shape())
+        return cls(bit_planes(t, layer.groups, ternary), in_channels=layer.in_channels,
+                   out_channels=layer.out_channels, kernel_size=layer.kernel_size,
+                   stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                   groups=layer.groups, weight_scale=params.get("scale"),
+                   out_scale=layer.out_scale, bias=layer.bias, ternary=ternary)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4:
+            raise ValueError(f"BitConv2d takes a float32 (N, C, H, W) CPU tensor, got "
+                             f"{x.dtype} {tuple(x.shape)} on {x.device}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"BitConv2d expects {self.in_channels} input channels, got "
+                             f"{x.shape[1]}")
+        ops = kernel_ops()
+        ph, pw = self.padding
+        if self.pre_pool is None:
+            xp = ops.pack_input(x, self.groups, ph, pw)
+        else:
+            xp = ops.or_pool(ops.pack_input(x, self.groups, 0, 0), *self.pre_pool, ph, pw)
+        none = self.alpha.new_empty(0)
+        out_scale = none if self.out_scale is None else self.out_scale
+        bias = none if self.bias is None else self.bias
+        if self.out_scale is not None and self.bias is None:
+            bias = torch.zeros_like(self.out_scale)
+        return ops.conv(xp, self.p, self.m, self.total, self.tap_sum, self.alpha, out_scale,
+                        bias, list(self.kernel_size), list(self.stride), list(self.dilation),
+                        list(self.padding), [xp.shape[2] - 2 * ph, xp.shape[3] - 2 * pw],
+                        KERNEL_PATHS[self.kernel_path])
+
+    def extra_repr(self) -> str:
+        kind = "ternary" if self.ternary else "binary"
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, weights={kind}"
+                + (f", pre_pool={self.pre_pool}" if self.pre_pool else ""))
+
+
+def convertible_reason(layer: Any) -> str | None:
+    """None when ``layer`` can run on the packed kernels, else why not."""
+    from netshrink.quant import BinaryAct, QuantConv2d
+
+    if not isinstance(layer, QuantConv2d):
+        return f"it is a {type(layer).__name__}, not a QuantConv2d"
+    if not isinstance(layer.input_quant, BinaryAct):
+        return "its input is not binary (sign)"
+    wq = layer.weight_quant
+    quantizer = getattr(wq, "quantizer", wq)
+    kind = getattr(quantizer, "kind", None)
+    if kind not in ("binary", "ternary"):
+        return f"its weights are {kind or 'float'}, not binary or ternary"
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        return f"padding {layer.padding!r} / mode {layer.padding_mode!r} (need explicit zeros)"
+    return None

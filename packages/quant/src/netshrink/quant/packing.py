@@ -7,6 +7,10 @@
 * tensors ``float32``, ``float16``, ``int64``, ...: every other stored tensor (scales, biases,
   BatchNorm parameters and statistics, float layers' weights, 16-bit weights), flattened and
   concatenated per dtype, so the header stays a few dozen bytes;
+* weight-shared layers (core's ``HasCodebookForm``, e.g. ``netshrink.share``) as their plain
+  ``torch.nn`` layer whose weight is a codebook (float32) plus indices at ``bits`` bits, or,
+  with ``coding="huffman"``, Huffman-coded indices and sparse positions (``codebook_pack``);
+  they load back as the plain layer with the decoded float weight;
 * tensor ``structure``: a JSON document with the fx graph, one record per module (type and
   constructor arguments, quantizer specs) and where each tensor lies, as zlib-compressed UTF-8
   (uncompressed it would be 1-10% of a low-bit file; ``read_structure(path)`` shows it).
@@ -32,11 +36,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import fx, nn
 
-from netshrink.core import save_safetensors_atomic
+from netshrink.core import CodebookForm, HasCodebookForm, save_safetensors_atomic
+from netshrink.quant import codebook_pack
 from netshrink.quant.bitpack import CODE_BITS, pack_codes, packed_nbytes, unpack_codes
 from netshrink.quant.layers import QUANT_LAYERS, FrozenWeight
 from netshrink.quant.structure import (
     StructureError,
+    _constructor_args,
+    _torch_base,
     check_generated_code,
     dotted_path,
     graph_from_json,
@@ -49,7 +56,8 @@ from netshrink.quant.structure import (
 )
 
 FORMAT = "netshrink-packed"
-FORMAT_VERSION = 1
+#: Version 2 adds codebook entries; files without them are still written as version 1.
+FORMAT_VERSION = 2
 _CODES = "weight_quant.codes"
 #: Bounds on what a file may declare (checked before anything is allocated).
 MAX_STRUCTURE_BYTES = 16 * 2**20  # the JSON, compressed and inflated (real ones: ~100 KiB)
@@ -85,11 +93,19 @@ class _Codes:
     bits: float
 
 
+@dataclass(frozen=True)
+class _Shared:
+    form: CodebookForm  # a weight-shared layer's weight
+
+
+_Stored = torch.Tensor | _Codes | _Shared
+
+
 @dataclass
 class _Collected:
     graph: list[list[Any]]
     modules: dict[str, dict[str, Any]]
-    tensors: dict[str, dict[str, torch.Tensor | _Codes]]  # module -> local name -> tensor
+    tensors: dict[str, dict[str, _Stored]]  # module -> local name -> tensor
     attrs: dict[str, torch.Tensor]  # get_attr targets
 
 
@@ -108,17 +124,39 @@ def _layer_tensors(layer: nn.Module) -> dict[str, torch.Tensor | _Codes]:
     return out
 
 
+def _shared_layer(m: nn.Module) -> tuple[dict[str, Any], dict[str, _Stored]]:
+    """A weight-shared layer as its plain torch.nn layer's record, the weight a codebook."""
+    base = _torch_base(type(m))
+    spec = {"type": "nn." + base.__name__, "args": _constructor_args(m)}
+    plain = module_from_spec(spec)
+    form = m.codebook_form()
+    local: dict[str, _Stored] = {}
+    for name, t in plain.state_dict().items():
+        if name == "weight":
+            if tuple(form.indices.shape) != tuple(t.shape):
+                raise StructureError(f"{type(m).__name__}: its indices {tuple(form.indices.shape)}"
+                                     f" are not the shape of a {base.__name__}'s weight "
+                                     f"{tuple(t.shape)}")
+            local[name] = _Shared(form)
+        else:
+            local[name] = getattr(m, name).detach()
+    return spec, local
+
+
 def _collect(model: nn.Module) -> _Collected:
     was_training = model.training
     model.eval()
     try:
         graph = trace(model)
         modules: dict[str, dict[str, Any]] = {}
-        tensors: dict[str, dict[str, torch.Tensor | _Codes]] = {}
+        tensors: dict[str, dict[str, _Stored]] = {}
         attrs: dict[str, torch.Tensor] = {}
         for node in graph.nodes:
             if node.op == "call_module" and node.target not in modules:
                 m = model.get_submodule(node.target)
+                if isinstance(m, HasCodebookForm) and not isinstance(m, QUANT_LAYERS):
+                    modules[node.target], tensors[node.target] = _shared_layer(m)
+                    continue
                 modules[node.target] = module_spec(m)
                 tensors[node.target] = (_layer_tensors(m) if isinstance(m, QUANT_LAYERS)
                                         else dict(m.state_dict()))
@@ -140,18 +178,24 @@ def _get_attr(model: nn.Module, target: str) -> Any:
     return value
 
 
-def _all_tensors(c: _Collected) -> list[torch.Tensor | _Codes]:
+def _all_tensors(c: _Collected) -> list[_Stored]:
     return [t for local in c.tensors.values() for t in local.values()] + list(c.attrs.values())
 
 
 @torch.no_grad()
-def packed_size(model: nn.Module) -> PackedSize:
+def packed_size(model: nn.Module, coding: str | None = None) -> PackedSize:
     """The size ``save_packed`` should take by the formula: bits x weights / 8 for every
-    quantized weight plus the bytes of every other tensor the file stores."""
+    quantized weight plus the bytes of every other tensor the file stores. A weight-shared
+    layer counts its codebook as floats and its encoded indices (and positions) as codes,
+    measured by encoding them with ``coding`` (None: as each layer asks, see ``save_packed``)."""
     code_bits, float_bytes = 0.0, 0
     for t in _all_tensors(_collect(model)):
         if isinstance(t, _Codes):
             code_bits += t.bits * t.codes.numel()
+        elif isinstance(t, _Shared):
+            codes, floats = codebook_pack.encoded_nbytes(t.form, coding or t.form.coding)
+            code_bits += 8 * codes
+            float_bytes += floats
         else:
             float_bytes += t.numel() * t.element_size()
     return PackedSize(code_bytes=code_bits / 8, float_bytes=float_bytes)
@@ -184,6 +228,8 @@ _OBSERVER_RANGE = (".observer.min_val", ".observer.max_val")
 
 def _check_finite_tensors(tensors: dict[str, Any], prefix: str) -> None:
     for name, t in tensors.items():
+        if isinstance(t, _Shared):
+            t = t.form.codebook
         if isinstance(t, _Codes) or not isinstance(t, torch.Tensor) or not (
                 t.is_floating_point() or t.is_complex()):
             continue
@@ -203,25 +249,38 @@ def _check_finite(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def save_packed(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+def save_packed(model: nn.Module, path: str | os.PathLike[str], *,
+                coding: str | None = None) -> Path:
     """Write ``model`` (quantized by ``quantize``, or loaded by ``load_packed``) to ``path``
     with every quantized weight at its real width; atomic (temporary file, then rename).
+
+    Weight-shared layers store their codebook and indices at ``bits`` bits (plus a 1-bit map
+    of the kept weights when pruned) with ``coding="fixed"``, or Huffman-coded indices and gap
+    positions with ``coding="huffman"`` (``codebook_pack``); ``coding=None`` stores each as
+    its ``CodebookForm.coding`` asks (what a ``share.code`` stage sets).
 
     A model with a NaN or infinite parameter or stored tensor is refused (ValueError naming
     the tensor): its file would load and run, silently wrong. Only an activation observer's
     range may be +-inf (nothing observed yet)."""
     path = Path(path)
+    if coding is not None and coding not in codebook_pack.CODINGS:
+        raise ValueError(f"coding={coding!r} is not allowed; choose one of "
+                         f"{list(codebook_pack.CODINGS)}")
     _check_finite(model)
     collected = _collect(model)
     for module_name, local in collected.tensors.items():
         _check_finite_tensors(local, prefix=f"{module_name}." if module_name else "")
     _check_finite_tensors(collected.attrs, prefix="")
     blobs = _Blobs()
+    shared = False
     layout: dict[str, dict[str, list[Any]]] = {}
     for module_name, local in collected.tensors.items():
         entries = layout.setdefault(module_name, {})
         for name, t in local.items():
-            if isinstance(t, _Codes):
+            if isinstance(t, _Shared):
+                entries[name] = _add_shared(blobs, t.form, coding or t.form.coding)
+                shared = True
+            elif isinstance(t, _Codes):
                 packed = pack_codes(t.codes, t.bits)
                 entries[name] = ["codes", blobs.add("codes", packed), list(t.codes.shape),
                                  t.bits]
@@ -232,7 +291,8 @@ def save_packed(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     for target, t in collected.attrs.items():
         dtype = _dtype_name(t.dtype)
         attrs[target] = [dtype, blobs.add(dtype, t), list(t.shape)]
-    doc = {"format": FORMAT, "version": FORMAT_VERSION, "graph": collected.graph,
+    doc = {"format": FORMAT, "version": FORMAT_VERSION if shared else 1,
+           "graph": collected.graph,
            "modules": collected.modules, "tensors": layout, "attrs": attrs}
     text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     tensors = blobs.tensors()
@@ -241,6 +301,24 @@ def save_packed(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     tensors["structure"] = torch.frombuffer(bytearray(compressed), dtype=torch.uint8)
     save_safetensors_atomic(path, tensors, metadata={"format": FORMAT})
     return path
+
+
+def _byte_tensor(data: bytes) -> torch.Tensor:
+    return (torch.frombuffer(bytearray(data), dtype=torch.uint8) if data
+            else torch.zeros(0, dtype=torch.uint8))
+
+
+def _add_shared(blobs: _Blobs, form: CodebookForm, coding: str) -> list[Any]:
+    """Store a shared weight's codebook and payloads; its ``"codebook"`` layout record."""
+    codebook, idx, pos, fields = codebook_pack.encode(form, coding)
+    offset = blobs.add("float32", codebook)
+    idx_at = blobs.add("codes", _byte_tensor(idx))
+    positions = None
+    if pos is not None:
+        positions = [blobs.add("codes", _byte_tensor(pos)), len(pos), fields["count"]]
+    return ["codebook", offset, list(form.indices.shape),
+            {"bits": fields["bits"], "coding": coding, "nnz": fields["nnz"],
+             "indices": [idx_at, len(idx)], "positions": positions}]
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -338,8 +416,11 @@ def _int(v: Any, what: str, limit: int) -> int:
     return v
 
 
-def _entry(raw: Any, blobs: dict[str, torch.Tensor], used: dict[str, int], what: str) -> _Entry:
+def _entry(raw: Any, blobs: dict[str, torch.Tensor], used: dict[str, int],
+           what: str) -> _Entry | codebook_pack.CodebookEntry:
     """Check a layout record against the blobs actually in the file (nothing is allocated)."""
+    if isinstance(raw, list) and raw and raw[0] == "codebook":
+        return codebook_pack.check_entry(raw, blobs, used, what, MAX_TENSOR_ELEMENTS, MAX_DIMS)
     if not isinstance(raw, list) or len(raw) not in (3, 4) or not isinstance(raw[0], str):
         raise StructureError(f"{what}: layout {raw!r} is not [dtype, offset, shape(, bits)]")
     blob, offset = raw[0], _int(raw[1], f"{what}: offset", MAX_TENSOR_ELEMENTS)
@@ -373,7 +454,10 @@ def _entry(raw: Any, blobs: dict[str, torch.Tensor], used: dict[str, int], what:
     return _Entry(blob, offset, shape, bits, length)
 
 
-def _slice(blobs: dict[str, torch.Tensor], entry: _Entry) -> torch.Tensor:
+def _slice(blobs: dict[str, torch.Tensor],
+           entry: _Entry | codebook_pack.CodebookEntry) -> torch.Tensor:
+    if isinstance(entry, codebook_pack.CodebookEntry):
+        return codebook_pack.decode(blobs, entry)
     part = blobs[entry.blob][entry.offset: entry.offset + entry.length]
     if entry.bits is not None:
         return unpack_codes(part, entry.bits, entry.numel).view(entry.shape)
@@ -408,7 +492,7 @@ class _Planned:
     """A module rebuilt on the meta device and the checked layout of its tensors."""
 
     module: nn.Module
-    entries: dict[str, _Entry]
+    entries: dict[str, _Entry | codebook_pack.CodebookEntry]
     quantizer: nn.Module | None
 
 

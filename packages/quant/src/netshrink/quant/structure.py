@@ -40,6 +40,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from netshrink.core import HasCodebookForm
 from netshrink.quant.allowlist import (  # noqa: F401 - re-exported: the lists are public here
     _DTYPES,
     _FUNCTION_NAMES,
@@ -70,7 +71,8 @@ MAX_CONSTRUCTOR_INT = 2**31  # channel counts, kernel sizes, ... of a module
 
 class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, QUANT_LAYERS) or super().is_leaf_module(m, module_qualified_name)
+        return (isinstance(m, (*QUANT_LAYERS, HasCodebookForm))
+                or super().is_leaf_module(m, module_qualified_name))
 
 
 def trace(model: nn.Module) -> fx.Graph:

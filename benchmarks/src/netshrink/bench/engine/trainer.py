@@ -11,6 +11,8 @@ The loss of a step is the cross-entropy, or what the recipe's one stage with a
 ``training_loss`` hook makes of it (distillation: inputs and logits in, the KD loss out; under
 DDP each rank's stage sees its own shard), plus every stage's ``extra_loss``. The recorded
 ``train_loss`` stays the cross-entropy, comparable between runs with and without such a stage.
+Every stage hook (loss, after-step, after-epoch, histograms) is called through
+``netshrink.core.Controller``, the same object a user's own training loop uses.
 
 A run whose loss, weights or test loss become NaN or infinite stops with ``NonFiniteError``
 (see ``finite``) before anything of that epoch is saved; ``--resume`` refuses a checkpoint made
@@ -47,6 +49,7 @@ from netshrink.bench.engine.jsonfile import write_json
 from netshrink.bench.engine.resume import ConfigMismatchError, check_resumable, data_record
 from netshrink.bench.engine.schedule import lr_at
 from netshrink.core import (
+    Controller,
     Stage,
     flatten_optimizer_state,
     load_checkpoint,
@@ -54,7 +57,6 @@ from netshrink.core import (
     save_checkpoint,
     sweep_stale_temp_files,
 )
-from netshrink.core.stage import loss_stage
 
 __all__ = ["ConfigMismatchError", "EpochRecord", "TrainResult", "Trainer", "evaluate",
            "recalibrate_bn", "write_summary"]
@@ -106,11 +108,6 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.stages = list(stages)
-        # the one stage whose training_loss hook replaces the cross-entropy (distillation);
-        # two such stages are an error here, before any step. Stages that do not override the
-        # hook would return None: calling only this one is calling it for every stage.
-        owner = loss_stage(self.stages)
-        self._loss_hook = owner.training_loss if owner is not None else None
         self.meta = dict(meta or {})
         # recorded in every checkpoint and compared on resume (with the config and ``meta``)
         self.data_record = data_record(train_data, test_data)
@@ -145,6 +142,10 @@ class Trainer:
         self.net = net
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = self.steps_per_epoch * config.epochs
+        # every stage hook is called through the controller a user's own loop uses (one code
+        # path); two stages replacing the loss (training_loss) are an error here, before a step
+        self.controller = Controller(self.model, self.stages, epochs=config.epochs,
+                                     steps_per_epoch=self.steps_per_epoch)
         self.autocast = _autocast(config.amp, device)
         self.start_epoch = 0
         self.step = 0
@@ -169,10 +170,8 @@ class Trainer:
                 self.history.append(record)
                 if writer is not None:
                     _log_epoch(writer, record)
-                    for stage in self.stages:
-                        for tag, values in stage.histograms(self.model).items():
-                            writer.add_histogram(tag, values.detach().float().cpu(),
-                                                 record.step)
+                    for tag, values in self.controller.histograms().items():
+                        writer.add_histogram(tag, values.detach().float().cpu(), record.step)
                 last = self._save(epoch + 1)
         finally:
             if writer is not None:
@@ -212,20 +211,12 @@ class Trainer:
                     logits = self.net(x)
                     loss = F.cross_entropy(logits.float(), y,
                                            label_smoothing=cfg.label_smoothing)
-                    total = loss
-                    if self._loss_hook is not None:  # under autocast, as the teacher must be
-                        replaced = self._loss_hook(x, logits, y, loss)
-                        if replaced is not None:
-                            total = replaced
-                for stage in self.stages:
-                    extra = stage.extra_loss(self.model)
-                    if extra is not None:
-                        total = total + extra
+                    # under autocast, as a teacher must be; extra terms in full precision
+                    total = self.controller.loss(x, logits, y, loss)
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 self.optimizer.step()
-                for stage in self.stages:
-                    stage.after_step(self.model, self.step, self.total_steps)
+                self.controller.step()
                 model_seconds += time.perf_counter() - t0
                 detached = loss.detach()
                 loss_sum += detached.double() * y.numel()
@@ -246,8 +237,7 @@ class Trainer:
         if epoch + 1 == cfg.epochs and cfg.recalibrate_bn:
             recalibrate_bn(self.model, self.train_loader, cfg.recalibrate_bn, self.autocast)
         self._average_buffers()
-        for stage in self.stages:
-            stage.after_epoch(self.model, epoch, cfg.epochs)
+        self.controller.epoch_end()
         bad_weight = first_non_finite(self.model)
         loss_total, correct_total, n, guard_total, bad_ranks = self.env.all_reduce_sum(
             [loss_sum.item(), float(correct.item()), float(seen), guard.item(),
@@ -349,6 +339,7 @@ class Trainer:
             torch.set_rng_state(ckpt.extra["rng.cpu"])
         self.start_epoch = int(train["epochs_done"])
         self.step = int(train["step"])
+        self.controller.restore(steps_done=self.step, epochs_done=self.start_epoch)
         self.history = [EpochRecord(**r) for r in train.get("history", [])]
         if self.env.is_main:
             print(f"resume: continuing {self.run_dir} after epoch {self.start_epoch}")

@@ -15,6 +15,8 @@ from netshrink.core.checkpoint import (
     restore_optimizer_state,
     save_checkpoint,
 )
+from netshrink.core.codebook_form import CODEBOOK_BITS, CODINGS, CodebookForm, HasCodebookForm
+from netshrink.core.controller import Controller
 from netshrink.core.filelock import FileLock, LockHeldError
 from netshrink.core.integer_form import (
     ACTIVATION_KINDS,
@@ -43,9 +45,11 @@ from netshrink.core.stats import (
 from netshrink.core.validation import check_choice, check_float, check_int
 
 __all__ = [
+    "CODEBOOK_BITS", "CODINGS", "CodebookForm", "HasCodebookForm",
     "ACTIVATION_KINDS", "ActivationForm", "HasIntegerForm", "IntegerForm",
     "INPUT_SIGN_ATTR", "PACKED_BITS_ATTR", "FoldsAffine", "applies_sign_to_input",
-    "SPEC_ATTR", "STAGES", "Checkpoint", "CheckpointError", "ModelStats", "Registry", "Stage",
+    "SPEC_ATTR", "STAGES", "Checkpoint", "CheckpointError", "Controller", "ModelStats",
+    "Registry", "Stage",
     "apply_recipe", "save_safetensors_atomic", "write_atomic", "write_text_atomic",
     "sweep_stale_temp_files", "FileLock", "LockHeldError",
     "check_choice", "check_depth", "check_float", "check_int", "count_macs", "count_params",

@@ -1,6 +1,6 @@
 """ONNX Runtime CPU accuracy and latency of a TRAINED NIN: ORT float, ORT's own static QDQ int8
 (``quantize_static``) of the same float model, and our exports (netshrink.deploy): int8 QAT,
-DoReFa W4A4 and binary, side by side in one run.
+DoReFa W4A4, binary, and NIN pruned 50 % (float, and + int8 QAT), side by side in one run.
 
     .venv/bin/python -m pytest benchmarks/micro/test_onnx_latency.py -s
 
@@ -10,7 +10,9 @@ NETSHRINK_DATA (default ``../shared/datasets`` from the project root; the synthe
 when it is missing, which the header says), then fine-tunes copies of it with quantization
 for NETSHRINK_BENCH_QAT_EPOCHS epochs (default 1): int8 QAT (``scheme="int8_affine"``, every
 conv quantized, as ``quantize_static`` does), W4A4 (first and last layer float, the
-``QuantConfig`` default) and binary weights and activations. ``quantize_static`` (QDQ,
+``QuantConfig`` default) and binary weights and activations. The pruned rows: 50 % of every
+layer's channels removed (L1 norm, per layer, the smoke table's recipe), fine-tuned as long,
+then (a copy) int8 QAT as above. ``quantize_static`` (QDQ,
 per-channel int8 weights, uint8 activations) calibrates on 512 training images. Accuracy is
 ONNX Runtime's on the test images; latency is the median at batch 1 and 64 with ORT's default
 threads and optimization level (NETSHRINK_BENCH_ROUNDS batch-64 rounds, batch 1 ten times
@@ -41,6 +43,7 @@ from torch import nn
 
 from netshrink.bench.data.dataset import load_dataset
 from netshrink.bench.data.synthetic import synthetic
+from netshrink.core import stage_from_description
 from netshrink.deploy import check_onnx, export_onnx
 from netshrink.models import create_model
 from netshrink.quant import QuantConfig, quantize
@@ -136,16 +139,21 @@ def test_onnx_trained_nin_qat_vs_ort_ptq(tmp_path, capsys) -> None:
                     quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     files["ORT quantize_static int8"] = tmp_path / "ort_int8.onnx"
+    t0 = time.perf_counter()
+    pruned = stage_from_description({"kind": "prune.channels", "config": {"prune": {
+        "criterion": "l1", "amount": 0.5, "scope": "per_layer"}}}).apply(copy.deepcopy(model))
+    _train(pruned, x_train, y_train, QAT_EPOCHS, lr=0.01)
+    files["netshrink pruned 50% (float)"] = export_onnx(pruned, example, tmp_path / "pruned.onnx")
+    int8 = QuantConfig(w=8, a=8, scheme="int8_affine", first="same", last="same")
     configs = {
-        "netshrink int8 QAT": (QuantConfig(w=8, a=8, scheme="int8_affine", first="same",
-                                           last="same"), 0.01),
-        "netshrink W4A4 (DoReFa)": (QuantConfig(w=4, a=4), 0.01),
-        "netshrink binary W1A1": (QuantConfig(w="binary", a="binary"), 0.01),
+        "netshrink int8 QAT": (model, int8, 0.01),
+        "netshrink W4A4 (DoReFa)": (model, QuantConfig(w=4, a=4), 0.01),
+        "netshrink binary W1A1": (model, QuantConfig(w="binary", a="binary"), 0.01),
+        "netshrink pruned 50% + int8": (pruned, int8, 0.01),
     }
     torch_acc, checks = {}, {}
-    t0 = time.perf_counter()
-    for name, (config, lr) in configs.items():
-        qmodel = quantize(copy.deepcopy(model), config)
+    for name, (start, config, lr) in configs.items():
+        qmodel = quantize(copy.deepcopy(start), config)
         _train(qmodel, x_train, y_train, QAT_EPOCHS, lr=lr)
         path = export_onnx(qmodel, example, tmp_path / f"{len(files)}.onnx")
         files[name] = path
@@ -154,8 +162,11 @@ def test_onnx_trained_nin_qat_vs_ort_ptq(tmp_path, capsys) -> None:
     t_qat = time.perf_counter() - t0
     with torch.no_grad():
         torch_acc["ORT float"] = float((model(x_test).argmax(1) == y_test).float().mean())
-    int8 = checks["netshrink int8 QAT"]
-    assert int8.integer_ops.get("QLinearConv", 0) >= 7 and int8.agreement >= 0.99
+        torch_acc["netshrink pruned 50% (float)"] = float(
+            (pruned(x_test).argmax(1) == y_test).float().mean())
+    for name in ("netshrink int8 QAT", "netshrink pruned 50% + int8"):
+        check = checks[name]
+        assert check.integer_ops.get("QLinearConv", 0) >= 7 and check.agreement >= 0.99, name
 
     rows = {name: {"acc": _ort_accuracy(path, x_test, y_test),
                    "MB": path.stat().st_size / 2**20} for name, path in files.items()}
@@ -186,3 +197,6 @@ def test_onnx_trained_nin_qat_vs_ort_ptq(tmp_path, capsys) -> None:
         print(f"int8 QAT vs ORT PTQ: accuracy {ours['acc'] - ptq['acc']:+.4f}, speed-up "
               f"b1 x{base[1] / ours[1]:.2f} vs x{base[1] / ptq[1]:.2f}, "
               f"b64 x{base[64] / ours[64]:.2f} vs x{base[64] / ptq[64]:.2f}")
+        both = rows["netshrink pruned 50% + int8"]
+        print(f"pruned 50% + int8 vs ORT float: b1 x{base[1] / both[1]:.2f}, b64 "
+              f"x{base[64] / both[64]:.2f} (goal: x3 at batch 64)")

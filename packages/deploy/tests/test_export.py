@@ -119,6 +119,40 @@ def test_int8_qat_exports_int8_weights_and_runs_integer_kernels(int8_export):
 
 
 @pytest.mark.slow
+def test_file_holds_the_weights_and_little_else(int8_export):
+    """No exporter metadata (module paths, stack traces), doc strings or intermediate shapes:
+    the int8 file is its initializers plus a small graph."""
+    _, path = int8_export
+    proto = onnx.load(path)
+    assert not any(n.metadata_props or n.doc_string for n in proto.graph.node)
+    assert not proto.graph.value_info
+    weights = sum(t.ByteSize() for t in proto.graph.initializer)
+    assert path.stat().st_size < weights + 25_000  # was weights + 80 KB with the metadata
+    # what was stripped was not needed: the file still runs, with a symbolic batch
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": _images(3).numpy()})[0].shape == (3, 10)
+
+
+@pytest.mark.slow
+def test_last_quantized_layer_before_a_float_one_hands_it_a_float_output(int8_export):
+    """No QuantizeLinear / DequantizeLinear after the last quantized conv (it has no output
+    scale, and the float conv after it wants floats): its output goes straight on."""
+    _, path = int8_export
+    graph = onnx.load(path).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    last_float = convs[-1]  # NIN's float last conv: its input is float, not a DQ
+    assert last_float.input[1] in _initializers(onnx.load(path))
+    upstream = producer[last_float.input[0]]
+    seen = []
+    while upstream.op_type not in ("Conv", "DequantizeLinear", "QuantizeLinear"):
+        seen.append(upstream.op_type)
+        upstream = producer[upstream.input[0]]
+    assert upstream.op_type == "Conv", seen  # the quantized conv's float output, unquantized
+    assert producer[upstream.input[1]].op_type == "DequantizeLinear"  # int8 weights
+
+
+@pytest.mark.slow
 def test_dynamic_batch(int8_export):
     model, path = int8_export
     graph_input = onnx.load(path).graph.input[0]

@@ -42,7 +42,6 @@ import dataclasses
 import importlib
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,12 +127,12 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
 
 
 def _load_toml(text: str, source: str) -> dict[str, Any]:
-    """``tomllib`` (the standard library's TOML reader, Python 3.11+) on ``text``."""
+    """``tomllib`` (the standard library's TOML reader, Python 3.11+; its backport ``tomli``,
+    a dependency on 3.10) on ``text``."""
     try:
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10: no TOML reader in the standard library
-        raise RecipeError(f"reading recipe {source} needs Python 3.11 or newer (the standard "
-                          f"library's tomllib); this is Python {sys.version.split()[0]}") from None
+    except ModuleNotFoundError:  # Python 3.10: the same reader, from PyPI
+        import tomli as tomllib  # type: ignore[no-redef]
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

@@ -12,8 +12,10 @@ from typing import Annotated
 
 import typer
 
+from netshrink.bench.cli import compress as _compress
 from netshrink.bench.cli import export as _export
 from netshrink.bench.cli import fuse as _fuse
+from netshrink.bench.cli import sensitivity as _sensitivity
 from netshrink.bench.cli import stats as _stats
 from netshrink.bench.cli import tables as _tables
 from netshrink.bench.cli import train as _train
@@ -45,6 +47,8 @@ for _name, _command in (
     ("check", _tables.check),
     ("fuse-check", _fuse.fuse_check),
     ("export", _export.export),
+    ("compress", _compress.compress),
+    ("sensitivity", _sensitivity.sensitivity),
 ):
     app.command(_name)(report_errors(_command))
 

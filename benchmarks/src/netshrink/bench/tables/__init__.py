@@ -1,6 +1,10 @@
 """Results tables: specs (rows as data), the runner with caching, report and regression check."""
 
-from netshrink.bench.tables import bits as _bits  # noqa: F401  (registers the table)
+from netshrink.bench.tables import auto as _auto  # noqa: F401  (registers the table)
+from netshrink.bench.tables import bits as _bits  # noqa: F401
+from netshrink.bench.tables import deep as _deep  # noqa: F401
+from netshrink.bench.tables import deploy as _deploy  # noqa: F401
+from netshrink.bench.tables import distill as _distill  # noqa: F401
 from netshrink.bench.tables import micronet as _micronet  # noqa: F401
 from netshrink.bench.tables import prune as _prune  # noqa: F401
 from netshrink.bench.tables import smoke as _smoke  # noqa: F401

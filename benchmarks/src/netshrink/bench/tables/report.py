@@ -43,16 +43,23 @@ def derived(results: dict[str, dict[str, Any]], table: Table) -> dict[str, dict[
 
 def markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
     """The table as markdown, with a line saying how and when it was produced."""
+    if table.deploy_rows:  # the deployment table: its own columns (ONNX Runtime, OpenVINO)
+        from netshrink.bench.tables.deploy import deploy_markdown
+
+        return deploy_markdown(results, table)
     if not results:
         return (f"_No results for table `{table.name}` yet: run "
                 f"`bench reproduce --table {table.name}`._\n")
     extra = derived(results, table)
     latency = any("latency_ms" in r["metrics"] for r in results.values())
     before = table.before_training
+    teacher = any("teacher_accuracy" in r["metrics"] for r in results.values())  # distilled
     head = ["row", "accuracy (%)", "loss vs float (pp)", "GMACs", "params (M)", "size (MB)",
             "compression"]
     if before:
         head.insert(2, "before fine-tuning (%)")
+    if teacher:
+        head.append("teacher (%)")
     if latency:
         head += ["latency b1 (ms)", "latency b64 (ms)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -68,6 +75,9 @@ def markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
         if before:
             acc = m.get("accuracy_before_training")
             cells.insert(2, "-" if acc is None else f"{100 * acc:.2f}")
+        if teacher:
+            acc = m.get("teacher_accuracy")
+            cells.append("-" if acc is None else f"{100 * acc:.2f}")
         if latency:
             lat = m.get("latency_ms", {})
             cells += [f"{lat['batch1']:.2f}" if "batch1" in lat else "-",

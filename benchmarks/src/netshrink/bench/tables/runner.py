@@ -45,6 +45,7 @@ from netshrink.core import (
     load_checkpoint,
     stage_from_description,
     sweep_stale_temp_files,
+    write_atomic,
     write_text_atomic,
 )
 from netshrink.models import create_model, load_model, save_model
@@ -96,12 +97,15 @@ def _limit(data: ImageData, n: int | None) -> ImageData:
     return dataclasses.replace(data, images=data.images[:n], labels=data.labels[:n])
 
 
-def row_hash(row: Row, ctx: RunContext, upstream_hash: str | None) -> str:
+def row_hash(row: Row, ctx: RunContext, upstream_hash: str | None,
+             teacher_hash: str | None = None) -> str:
     record = {"row": row.record(ctx.profile.name), "profile": dataclasses.asdict(ctx.profile),
               "upstream": upstream_hash, "dataset": ctx.table.dataset,
               "train_images": len(ctx.train_data), "test_images": len(ctx.test_data),
               "device": ctx.env.device.type, "world_size": ctx.env.world_size,
               "seed": ctx.seed}
+    if teacher_hash is not None:  # only then: the hashes of rows without a teacher stay
+        record["teacher"] = teacher_hash
     return hashlib.sha256(json.dumps(record, sort_keys=True, allow_nan=False).encode()
                           ).hexdigest()[:16]
 
@@ -113,7 +117,8 @@ def run_table(ctx: RunContext, rows: list[Row], *,
     results = []
     for row in rows:
         upstream_hash = hashes.get(row.upstream) if row.upstream else None
-        h = row_hash(row, ctx, upstream_hash)
+        teacher_hash = hashes.get(row.teacher) if row.teacher else None
+        h = row_hash(row, ctx, upstream_hash, teacher_hash)
         hashes[row.name] = h
         cached = _cached(ctx, row, h)
         if cached is not None:
@@ -124,12 +129,16 @@ def run_table(ctx: RunContext, rows: list[Row], *,
         with _row_lock(ctx, row.name, on_wait=(lambda msg, r=row: on_row(r, msg)) if on_row
                        else None):
             cached = _cached(ctx, row, h)  # another process may have just finished it
+            state = "cached"
+            if cached is None:
+                cached = _reuse(ctx, row, h)
+                state = f"reused from {cached['reused_from']}" if cached else state
             if cached is None:
                 if on_row:
                     on_row(row, "running")
-                cached = _run_row(ctx, row, h, upstream_hash)
+                cached = _run_row(ctx, row, h, upstream_hash, teacher_hash)
             elif on_row:
-                on_row(row, "cached")
+                on_row(row, state)
         results.append(cached)
     return results
 
@@ -182,22 +191,31 @@ def _cached(ctx: RunContext, row: Row, h: str) -> dict[str, Any] | None:
     return result if isinstance(result, dict) and result.get("spec_hash") == h else None
 
 
-def _run_row(ctx: RunContext, row: Row, h: str, upstream_hash: str | None) -> dict[str, Any]:
+def _run_row(ctx: RunContext, row: Row, h: str, upstream_hash: str | None,
+             teacher_hash: str | None = None) -> dict[str, Any]:
     """Claim the run folder, build, train and measure the row, write its result. The caller
     holds the row's lock."""
     started = time.time()
     env = ctx.env
     run_dir = ctx.run_dir(row)
     _claim_run_dir(run_dir, h, env)
-    torch.manual_seed(ctx.seed)
+    seed = ctx.seed + row.seed
+    torch.manual_seed(seed)
     model, upstream_recipe = _starting_model(ctx, row, upstream_hash)
+    teacher = (_load_row_model(ctx, row, row.teacher, teacher_hash)[:2]
+               if row.teacher is not None else None)
     example = ctx.test_data.images[:1].float()
     stages = []
     for record in row.stages:
         stage = stage_from_description(record)
+        if teacher is not None and hasattr(stage, "set_teacher"):
+            stage.set_teacher(*teacher)  # before apply, which checks it against the student
         stage.use_data(_training_batches(ctx))
         model = stage.apply(model)
         stages.append(stage)
+    if teacher is not None and not any(hasattr(s, "set_teacher") for s in stages):
+        raise ValueError(f"row {ctx.table.name}/{row.name} names the teacher {row.teacher!r}, "
+                         "but none of its stages takes a teacher (e.g. a 'distill.kd' stage)")
     recipe = upstream_recipe + [s.describe() for s in stages]
     epochs = row.schedule.epochs[ctx.profile.name]
     history: list[dict[str, Any]] = []
@@ -210,7 +228,7 @@ def _run_row(ctx: RunContext, row: Row, h: str, upstream_hash: str | None) -> di
         config = TrainConfig(epochs=epochs, batch_size=row.schedule.batch_size,
                              optimizer=row.schedule.optimizer, lr=row.schedule.lr,
                              weight_decay=row.schedule.weight_decay,
-                             schedule=row.schedule.schedule, seed=ctx.seed,
+                             schedule=row.schedule.schedule, seed=seed,
                              recalibrate_bn=row.schedule.recalibrate_bn,
                              channels_last=ctx.profile.channels_last)
         trainer = Trainer(model, ctx.train_data, ctx.test_data, config, run_dir, env=env,
@@ -236,14 +254,20 @@ def _run_row(ctx: RunContext, row: Row, h: str, upstream_hash: str | None) -> di
         metrics["accuracy_before_training"] = before
     if row.latency:
         metrics["latency_ms"] = measure_latency(model, tuple(example.shape[1:]))
+    if row.name in ctx.table.deploy_rows:
+        metrics["deploy"] = _deploy_metrics(ctx, model, run_dir)
+    teacher_info = _teacher_info(ctx, row)
+    if teacher_info is not None:
+        metrics["teacher_accuracy"] = teacher_info["accuracy"]
     result = {
         "table": ctx.table.name, "row": row.name, "label": row.label,
+        **({"teacher": teacher_info} if teacher_info is not None else {}),
         "profile": ctx.profile.name, "profile_settings": dataclasses.asdict(ctx.profile),
         "spec_hash": h, "spec": row.record(ctx.profile.name),
         "recipe": recipe, "metrics": metrics, "history": history,
         "dataset": {"name": ctx.table.dataset, "train_images": len(ctx.train_data),
                     "test_images": len(ctx.test_data)},
-        "device": str(env.device), "world_size": env.world_size, "seed": ctx.seed,
+        "device": str(env.device), "world_size": env.world_size, "seed": seed,
         "torch": torch.__version__, "python": platform.python_version(),
         "git_commit": _git_commit(), "date": datetime.now(timezone.utc).isoformat(),
         "wall_seconds": time.time() - started,
@@ -252,6 +276,52 @@ def _run_row(ctx: RunContext, row: Row, h: str, upstream_hash: str | None) -> di
     path.parent.mkdir(parents=True, exist_ok=True)
     write_summary(path, result)
     return result
+
+
+def _reuse(ctx: RunContext, row: Row, h: str) -> dict[str, Any] | None:
+    """The same row (same name and spec hash) finished in another table's folders: its model
+    files are copied into this table's folder and its result is this table's, so that a chain
+    several tables share (a float model, its pruned form) trains once per ``--table all``.
+    None when there is none. Single-process runs only (one writer)."""
+    if ctx.env.world_size != 1 or not ctx.results_dir.is_dir():
+        return None
+    for other in sorted(ctx.results_dir.iterdir()):
+        src = ctx.runs_dir / other.name / row.name
+        marker = src / MARKER
+        if other.name == ctx.table.name or not (other / f"{row.name}.json").is_file() \
+                or not marker.is_file() or not (src / FINAL).is_file():
+            continue
+        try:
+            result = read_json(other / f"{row.name}.json")
+        except ValueError:
+            continue
+        if not isinstance(result, dict) or result.get("spec_hash") != h \
+                or marker.read_text().strip() != h:
+            continue
+        run_dir = ctx.run_dir(row)
+        _claim_run_dir(run_dir, h, ctx.env)
+        packed = str(result.get("metrics", {}).get("size_file", FINAL))
+        files = {FINAL, packed} if Path(packed).name == packed else {FINAL}  # plain names only
+        for name in sorted(n for n in files if (src / n).is_file()):
+            write_atomic(run_dir / name, lambda tmp, s=src / name: shutil.copyfile(s, tmp))
+        if marker.read_text().strip() != h:  # retrained under another spec while we copied
+            continue
+        metrics = dict(result["metrics"])
+        metrics.pop("deploy", None)  # measured again here if this table asks for it
+        if row.name in ctx.table.deploy_rows:
+            metrics["deploy"] = _deploy_metrics(ctx, load_model(run_dir / FINAL).eval(), run_dir)
+        result = {**result, "table": ctx.table.name, "metrics": metrics,
+                  "reused_from": f"{other.name}/{row.name}"}
+        ctx.result_path(row).parent.mkdir(parents=True, exist_ok=True)
+        write_summary(ctx.result_path(row), result)
+        return result
+    return None
+
+
+def _deploy_metrics(ctx: RunContext, model: nn.Module, run_dir: Path) -> dict[str, Any]:
+    from netshrink.bench.tables.deploy import measure_deployment  # loads onnx on first use
+
+    return measure_deployment(model, ctx.test_data, run_dir)
 
 
 def _test_loader(ctx: RunContext) -> DeviceLoader:
@@ -263,24 +333,49 @@ def _test_loader(ctx: RunContext) -> DeviceLoader:
 def _starting_model(ctx: RunContext, row: Row, upstream_hash: str | None
                     ) -> tuple[nn.Module, list[dict[str, Any]]]:
     if row.upstream is not None:
-        # under the upstream's lock: another process may be retraining it with another spec
-        with _row_lock(ctx, row.upstream):
-            run_dir = ctx.run_dir(row.upstream)
-            marker = run_dir / MARKER
-            found = marker.read_text().strip() if marker.is_file() else None
-            if found is not None and found != upstream_hash:  # no marker: an older runs folder
-                raise RuntimeError(
-                    f"row {ctx.table.name}/{row.name} starts from {run_dir / FINAL}, but that "
-                    f"folder now holds spec {found}, not {upstream_hash}: another process "
-                    "retrained the upstream row with a different spec meanwhile; run again")
-            path = run_dir / FINAL
-            recipe = list(load_checkpoint(path).meta.get("recipe", []))
-            return load_model(path).train(), recipe
+        model, _, recipe = _load_row_model(ctx, row, row.upstream, upstream_hash)
+        return model.train(), recipe
     kwargs = dict(row.model_kwargs)
     if not row.model.startswith("tv:"):
         kwargs["width"] = kwargs.get("width", 1.0) * ctx.profile.width
     kwargs.setdefault("num_classes", ctx.train_data.num_classes)
     return create_model(row.model, **kwargs), []
+
+
+def _teacher_info(ctx: RunContext, row: Row) -> dict[str, Any] | None:
+    """The teacher ``row``'s model learnt from, as ``{"row", "label", "accuracy"}``: its own
+    (``row.teacher``), else its upstream's (a pruned or quantized distilled student); None
+    when there is none. From their result files, which ``run_table`` wrote before this row."""
+    source = row.teacher or row.upstream
+    if source is None:
+        return None
+    try:
+        result = read_json(ctx.result_path(ctx.table.row(source)))
+    except (OSError, ValueError):
+        return None
+    if row.teacher is None:
+        return result.get("teacher")
+    return {"row": row.teacher, "label": result.get("label"),
+            "accuracy": result["metrics"]["accuracy"]}
+
+
+def _load_row_model(ctx: RunContext, row: Row, source: str, source_hash: str | None
+                    ) -> tuple[nn.Module, Path, list[dict[str, Any]]]:
+    """Row ``source``'s final model, its path and recipe, for ``row`` (its upstream or its
+    teacher). Under ``source``'s lock: another process may be retraining it with another spec."""
+    with _row_lock(ctx, source):
+        run_dir = ctx.run_dir(source)
+        marker = run_dir / MARKER
+        found = marker.read_text().strip() if marker.is_file() else None
+        if found is not None and found != source_hash:  # no marker: an older runs folder
+            role = "upstream" if source == row.upstream else "teacher"
+            raise RuntimeError(
+                f"row {ctx.table.name}/{row.name} needs {run_dir / FINAL} (its {role}), but "
+                f"that folder now holds spec {found}, not {source_hash}: another process "
+                f"retrained the {role} row with a different spec meanwhile; run again")
+        path = run_dir / FINAL
+        recipe = list(load_checkpoint(path).meta.get("recipe", []))
+        return load_model(path), path, recipe
 
 
 def _training_batches(ctx: RunContext, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:

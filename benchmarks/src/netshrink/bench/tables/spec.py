@@ -55,9 +55,16 @@ class Row:
     upstream: str | None = None
     latency: bool = False
     cell: tuple[str, str] | None = None  # (row, column) of the table's grid, if it has one
+    # an earlier row whose final model is the teacher of this row's stages that take one
+    # (``set_teacher``: distill.kd); the teacher's spec is part of this row's hash
+    teacher: str | None = None
+    seed: int = 0  # added to the run's seed: the same recipe on another seed is another row
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
+        check_int("seed", self.seed, min_value=0)
+        if self.teacher is not None and self.teacher == self.name:
+            raise ValueError(f"row {self.name!r} cannot be its own teacher")
         if self.cell is not None:
             object.__setattr__(self, "cell", tuple(str(c) for c in self.cell))
             if len(self.cell) != 2:
@@ -76,6 +83,9 @@ class Row:
                          "epochs": self.schedule.epochs[profile]}
         d.pop("label")
         d.pop("cell")  # presentation only
+        for key, unused in (("teacher", None), ("seed", 0)):  # left out when unused, so the
+            if d[key] == unused:                               # older rows' hashes stay
+                d.pop(key)
         return d
 
 
@@ -87,9 +97,15 @@ class Table:
     baseline: str  # the float row that accuracy loss and compression compare against
     dataset: str = "cifar10"
     ci_only: bool = False  # not part of --table all (the smoke table)
+    # Published (a README block) but not part of --table all, the main job: a table whose quick
+    # profile alone takes longer than CI's time budget allows; reproduced by its own command,
+    # ``bench reproduce --table NAME --profile quick``.
+    extra: bool = False
     grid: tuple[str, str] | None = None  # axis names when rows form a grid (``Row.cell``)
     before_training: bool = False  # report the accuracy right after the stages, too
     plot_x: str = "size"  # the plot's x axis: packed "size" or "latency" (batch 64)
+    # rows also exported to ONNX and measured in ONNX Runtime / OpenVINO (tables/deploy.py)
+    deploy_rows: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_choice("plot_x", self.plot_x, ("size", "latency"))
@@ -98,6 +114,9 @@ class Table:
             raise ValueError(f"table {self.name!r} has duplicate row names")
         if self.baseline not in names:
             raise ValueError(f"table {self.name!r}: baseline {self.baseline!r} is not a row")
+        unknown = [n for n in self.deploy_rows if n not in names]
+        if unknown:
+            raise ValueError(f"table {self.name!r}: deploy_rows {unknown!r} are not rows")
         cells = [r.cell for r in self.rows if r.cell is not None]
         if len(set(cells)) != len(cells):
             raise ValueError(f"table {self.name!r} has two rows in the same grid cell")
@@ -108,6 +127,9 @@ class Table:
             if row.upstream is not None and row.upstream not in names[:i]:
                 raise ValueError(f"table {self.name!r}: row {row.name!r} has upstream "
                                  f"{row.upstream!r}, which must be an earlier row")
+            if row.teacher is not None and row.teacher not in names[:i]:
+                raise ValueError(f"table {self.name!r}: row {row.name!r} has teacher "
+                                 f"{row.teacher!r}, which must be an earlier row")
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -117,13 +139,14 @@ class Table:
                          f"{', '.join(r.name for r in self.rows)}")
 
     def closure(self, names: list[str]) -> list[Row]:
-        """The named rows and every row they depend on, in table order."""
+        """The named rows and every row they depend on (upstream, teacher), in table order."""
         wanted: set[str] = set()
-        for name in names:
-            row = self.row(name)
-            while row is not None:
+        todo = list(names)
+        while todo:
+            row = self.row(todo.pop())
+            if row.name not in wanted:
                 wanted.add(row.name)
-                row = self.row(row.upstream) if row.upstream else None
+                todo += [n for n in (row.upstream, row.teacher) if n is not None]
         return [r for r in self.rows if r.name in wanted]
 
 

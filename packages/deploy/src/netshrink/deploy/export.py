@@ -79,7 +79,27 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise ExportError(f"the exported graph of {type(model).__name__} is not valid ONNX: "
                           f"{err}") from err
+    strip_metadata(proto)
     return write_atomic(path, lambda tmp: onnx.save_model(proto, tmp))
+
+
+def strip_metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove, in place, what no runtime reads: the exporter's per-node metadata (the
+    PyTorch module path, class hierarchy, FX node and stack trace of every node: 150 KB of a
+    0.93 MB int8 resnet18_cifar at width 0.25, a third of an int8 NIN at width 0.25), doc
+    strings, and the intermediate shapes of shape inference (``value_info``; runtimes infer
+    them again). Returns ``proto``."""
+    graph = proto.graph
+    for node in graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for value in (*graph.input, *graph.output, *graph.initializer):
+        del value.metadata_props[:]
+        value.doc_string = ""
+    del graph.value_info[:]
+    graph.doc_string = ""
+    proto.doc_string = ""
+    return proto
 
 
 def deploy_copy(model: nn.Module) -> nn.Module:

@@ -1,0 +1,123 @@
+"""The deployment table: its rows reuse other tables' rows (same spec, trained once), each
+measured row is exported to ONNX and measured in ONNX Runtime, and the report renders the
+README's deployment columns."""
+
+from pathlib import Path
+
+import pytest
+
+from netshrink.bench.engine import DistEnv
+from netshrink.bench.tables import PROFILE_SETTINGS, TABLES, Row, Schedule, Table
+from netshrink.bench.tables.deploy import DEPLOY, FORMS, ONNX_FILE, deploy_markdown
+from netshrink.bench.tables.micronet import MICRONET
+from netshrink.bench.tables.prune import PRUNE
+from netshrink.bench.tables.report import markdown
+from netshrink.bench.tables.runner import RunContext, load_table_data, run_table
+
+ONE = Schedule(epochs={"full": 1, "quick": 1, "smoke": 1}, lr=0.05, batch_size=256)
+FLOAT = Row("float", "float", model="nin", model_kwargs={"width": 0.3}, schedule=ONE)
+TUNED = Row("tuned", "float, one more epoch", upstream="float", schedule=ONE)
+
+
+def _ctx(tmp_path: Path, table: Table) -> RunContext:
+    profile = PROFILE_SETTINGS["smoke"]
+    train, test = load_table_data(table, profile, tmp_path)
+    return RunContext(table=table, profile=profile, env=DistEnv(), results_dir=tmp_path / "res",
+                      runs_dir=tmp_path / "runs", train_data=train, test_data=test,
+                      show_progress=False)
+
+
+def _run(tmp_path: Path, table: Table) -> tuple[list[dict], list[tuple[str, str]]]:
+    seen: list[tuple[str, str]] = []
+    results = run_table(_ctx(tmp_path, table), list(table.rows),
+                        on_row=lambda r, s: seen.append((r.name, s)))
+    return results, seen
+
+
+def test_deploy_table_reuses_the_other_tables_rows_and_measures_each_form():
+    assert "deploy" in TABLES.names() and not DEPLOY.ci_only  # part of --table all
+    assert DEPLOY.deploy_rows == tuple(FORMS)
+    by_name = {r.name: r for r in DEPLOY.rows}
+    # the very rows of micronet / prune (same spec, same hash): trained once, then reused
+    for source in (MICRONET, PRUNE):
+        for row in source.rows:
+            if row.name in by_name:
+                assert by_name[row.name] == row, row.name
+    new = [r.name for r in DEPLOY.rows
+           if r.name not in {x.name for x in (*MICRONET.rows, *PRUNE.rows)}]
+    assert new == ["nin-pruned50-int8", "r18-int8", "r18-pruned-int8", "r18-wbin-abin"]
+    for arch in ("nin", "resnet18_cifar"):
+        forms = {form for a, form, _ in FORMS.values() if a == arch}
+        assert {"float", "int8 QAT", "binary W / A (int8 kernels)"} <= forms
+        assert any(f.startswith("pruned") and "int8" in f for f in forms)
+    assert all(base in FORMS and FORMS[base][1] == "float" for _, _, base in FORMS.values())
+
+
+def test_deploy_rows_must_be_rows():
+    with pytest.raises(ValueError, match=r"deploy_rows \['nope'\] are not rows"):
+        Table(name="t", title="t", baseline="a", rows=(Row("a", "a"),), deploy_rows=("nope",))
+
+
+def test_a_row_finished_in_another_table_is_reused_not_retrained(tmp_path: Path):
+    first = Table(name="first", title="First", baseline="float", dataset="synthetic",
+                  rows=(FLOAT, TUNED))
+    done, _ = _run(tmp_path, first)
+    other_float = Row("float", "float", model="nin", model_kwargs={"width": 0.2},
+                      schedule=ONE)
+    second = Table(name="second", title="Second", baseline="float", dataset="synthetic",
+                   rows=(FLOAT, TUNED, Row("more", "more", upstream="tuned", schedule=ONE)))
+    results, seen = _run(tmp_path, second)
+    assert seen == [("float", "reused from first/float"), ("tuned", "reused from first/tuned"),
+                    ("more", "running")]
+    runs = tmp_path / "runs"
+    for name in ("float", "tuned"):
+        assert (runs / "second" / name / "final.safetensors").read_bytes() == \
+            (runs / "first" / name / "final.safetensors").read_bytes()
+    assert results[1]["table"] == "second" and results[1]["spec_hash"] == done[1]["spec_hash"]
+    assert results[1]["metrics"]["accuracy"] == done[1]["metrics"]["accuracy"]
+    _, seen = _run(tmp_path, second)  # now this table's own cache
+    assert seen == [("float", "cached"), ("tuned", "cached"), ("more", "cached")]
+    # a row of the same name with another spec is trained, not reused
+    third = Table(name="third", title="Third", baseline="float", dataset="synthetic",
+                  rows=(other_float,))
+    _, seen = _run(tmp_path, third)
+    assert seen == [("float", "running")]
+
+
+@pytest.mark.slow
+def test_deploy_rows_are_exported_measured_and_reported(tmp_path: Path):
+    quant = Row("int8", "int8", upstream="float",
+                stages=({"kind": "quant.quantize",
+                         "config": {"w": 8, "a": 8, "scheme": "int8_affine"}},),
+                schedule=ONE)  # QAT: the activation observers need data
+    table = Table(name="dep", title="Dep", baseline="float", dataset="synthetic",
+                  rows=(FLOAT, quant), deploy_rows=("float", "int8"))
+    results, _ = _run(tmp_path, table)
+    for r in results:
+        d = r["metrics"]["deploy"]
+        assert d["file"] == ONNX_FILE
+        assert (tmp_path / "runs" / "dep" / r["row"] / ONNX_FILE).stat().st_size == \
+            d["file_bytes"]
+        ort = d["runtimes"]["onnxruntime"]
+        assert ort["agreement"] >= 0.95 and ort["finite"]
+        assert ort["images"] == 512  # the smoke profile's test images
+        assert set(ort["latency_ms"]) == {"batch1", "batch64"}
+    assert results[0]["metrics"]["deploy"]["runtimes"]["onnxruntime"]["integer_layers"] == {}
+    assert results[1]["metrics"]["deploy"]["runtimes"]["onnxruntime"]["integer_layers"]
+    # int8 weights: the file is smaller than the float one (a tiny model: the graph counts)
+    assert results[1]["metrics"]["deploy"]["file_bytes"] < \
+        0.8 * results[0]["metrics"]["deploy"]["file_bytes"]
+    text = markdown({r["row"]: r for r in results}, table)
+    assert text == deploy_markdown({r["row"]: r for r in results}, table)
+    lines = [ln for ln in text.splitlines() if ln.startswith("| float") or
+             ln.startswith("| int8")]
+    assert len(lines) == 2
+    assert "| x1.00 |" in lines[0]  # the float row against itself
+    ratio = (results[0]["metrics"]["deploy"]["runtimes"]["onnxruntime"]["latency_ms"]["batch64"]
+             / results[1]["metrics"]["deploy"]["runtimes"]["onnxruntime"]["latency_ms"]
+             ["batch64"])
+    assert f"x{ratio:.2f}" in lines[1]
+
+
+def test_deploy_markdown_without_measurements_says_how_to_get_them():
+    assert "bench reproduce --table deploy" in deploy_markdown({}, DEPLOY)

@@ -1,0 +1,142 @@
+"""Mixed precision: per-layer weight precisions that meet a packed-file size with the least
+summed sensitivity loss.
+
+``allocate_precisions(model, sensitivity, budget_bytes)`` predicts each layer's stored bytes
+at each candidate precision (packed codes plus the per-channel scales ternary / binary store)
+and picks one precision per layer by the exact multiple-choice knapsack (``knapsack``), the
+loss of a choice being the accuracy drop ``SensitivityResult.quant_loss`` measured for that
+layer alone (summed: the usual additive approximation, as HAWQ's).
+
+``mixed_precision(model, sensitivity, budget_bytes, path)`` then quantizes a copy with those
+precisions (``netshrink.quant.quantize(..., precisions=...)``), writes the packed file and
+reads its size: everything else the file stores (biases, BatchNorms, scales, the structure)
+is taken from the measured file, and while the file is over the budget the code budget shrinks
+by the excess and the allocation is solved again, so the budget holds *as measured*.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from netshrink.auto.knapsack import auto_granularity, solve_mckp
+from netshrink.auto.sensitivity import SensitivityResult
+from netshrink.quant import QuantConfig, quantizable_layers, quantize, save_packed
+from netshrink.quant.bitpack import packed_nbytes
+
+DEFAULT_CANDIDATES: tuple[Any, ...] = (8, 4, 2, "ternary", "binary")
+#: Re-solves allowed when the written file is over the budget.
+MAX_ROUNDS = 6
+_CODE_BITS = {8: 8, 4: 4, 3: 3, 2: 2, "ternary": 1.6, "binary": 1}
+
+
+def weight_bytes(layer: nn.Module, precision: Any) -> int:
+    """Bytes ``layer``'s weight takes in a packed file at ``precision`` (codes, plus one
+    float32 scale per output channel for ternary / binary)."""
+    n = layer.weight.numel()
+    if precision == 32:
+        return 4 * n
+    if precision == 16:
+        return 2 * n
+    if precision not in _CODE_BITS:
+        raise ValueError(f"precision {precision!r} is not allowed; allowed: 32, 16, "
+                         f"{', '.join(map(repr, _CODE_BITS))}")
+    out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    scales = 4 * out if precision in ("ternary", "binary") else 0
+    return packed_nbytes(n, _CODE_BITS[precision]) + scales
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    """Per-layer weight precisions, their predicted weight bytes and summed loss."""
+
+    precisions: dict[str, Any]
+    weight_bytes: int
+    loss: float
+    granularity: int
+
+
+def allocate_precisions(model: nn.Module, sensitivity: SensitivityResult, weight_budget: int,
+                        candidates: Sequence[Any] = DEFAULT_CANDIDATES,
+                        granularity: int | None = None) -> Allocation:
+    """The least-loss precisions whose weights fit ``weight_budget`` bytes (see the module
+    docstring); ``granularity`` (bytes per DP cell) defaults to ``auto_granularity``."""
+    layers = quantizable_layers(model)
+    missing = [(n, p) for n, _ in layers for p in candidates
+               if p != 32 and p not in sensitivity.quant.get(n, {})]
+    if missing:
+        raise ValueError(f"the sensitivity result has no measurement for {missing[:4]} ...; "
+                         "analyse with these precisions first")
+    items = {name: [(weight_bytes(m, p), sensitivity.quant_loss(name, p)) for p in candidates]
+             for name, m in layers}
+    g = granularity or auto_granularity(weight_budget)
+    picked, loss, cost = solve_mckp(items, weight_budget, g)
+    return Allocation({n: candidates[j] for n, j in picked.items()}, cost, loss, g)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedPrecisionReport:
+    """What ``mixed_precision`` did: the allocation, the budget and the file's real size."""
+
+    allocation: Allocation
+    budget_bytes: int
+    file_bytes: int
+    rounds: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"precisions": {k: str(v) for k, v in self.allocation.precisions.items()},
+                "predicted_weight_bytes": self.allocation.weight_bytes,
+                "sensitivity_loss": self.allocation.loss,
+                "granularity": self.allocation.granularity,
+                "budget_bytes": self.budget_bytes, "file_bytes": self.file_bytes,
+                "rounds": self.rounds}
+
+
+def apply_precisions(model: nn.Module, precisions: dict[str, Any], a: Any = 32) -> nn.Module:
+    """A quantized deep copy: each layer's weights at its precision, activations at ``a``
+    (the first layer's input, the data, stays float)."""
+    first = quantizable_layers(model)[0][0]
+    pairs = {n: (w, 32 if n == first else a) for n, w in precisions.items()}
+    return quantize(copy.deepcopy(model), QuantConfig(w=32, a=32), precisions=pairs)
+
+
+def mixed_precision(model: nn.Module, sensitivity: SensitivityResult, budget_bytes: int,
+                    path: str | os.PathLike[str] | None = None, *,
+                    candidates: Sequence[Any] = DEFAULT_CANDIDATES, a: Any = 32,
+                    granularity: int | None = None) -> tuple[nn.Module, MixedPrecisionReport]:
+    """Quantize a copy of ``model`` to fit a packed file of at most ``budget_bytes`` (measured
+    by writing it to ``path``, or a temporary file); see the module docstring."""
+    layers = dict(quantizable_layers(model))
+    top = max(candidates, key=lambda p: sum(weight_bytes(m, p) for m in layers.values()))
+    base = apply_precisions(model, dict.fromkeys(layers, top), a)
+    overhead = _file_bytes(base, path) - sum(weight_bytes(m, top) for m in layers.values())
+    weight_budget = budget_bytes - overhead
+    for rounds in range(1, MAX_ROUNDS + 1):
+        if weight_budget < 0:
+            break
+        try:
+            allocation = allocate_precisions(model, sensitivity, weight_budget, candidates,
+                                             granularity)
+        except ValueError as err:
+            raise ValueError(f"budget_bytes={budget_bytes} cannot be met: {err}") from err
+        quantized = apply_precisions(model, allocation.precisions, a)
+        size = _file_bytes(quantized, path)
+        if size <= budget_bytes:
+            return quantized, MixedPrecisionReport(allocation, budget_bytes, size, rounds)
+        weight_budget -= size - budget_bytes
+    raise ValueError(f"budget_bytes={budget_bytes} cannot be met: the packed file stays "
+                     f"larger after {MAX_ROUNDS} allocations; allow more bytes")
+
+
+def _file_bytes(model: nn.Module, path: str | os.PathLike[str] | None) -> int:
+    if path is not None:
+        return save_packed(model.eval(), path).stat().st_size
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_packed(model.eval(), Path(tmp) / "m.safetensors").stat().st_size

@@ -58,11 +58,15 @@ for name in $only; do
     echo "install.sh: no package '$name' (looked for $dir/pyproject.toml); known: $all" >&2
     exit 2
   fi
-  spec="$dir"  # --dev: with the package's own test extra (e.g. prune's timm), if it has one
-  if [ "$dev" = 1 ] && grep -q '^test *=' "$dir/pyproject.toml"; then spec="$dir[test]"; fi
-  if [ "$editable" = 1 ]; then args+=(-e "$spec"); else args+=("$spec"); fi
+  if [ "$editable" = 1 ]; then args+=(-e "$dir"); else args+=("$dir"); fi
 done
-[ "$dev" = 1 ] && args+=(pytest pytest-benchmark ruff hypothesis)
+# --dev: the test tools, and with prune timm for its zoo tests (prune's [test] extra; not as
+# "-e packages/prune[test]": pip 23's resolver then misses the local netshrink-prune for the
+# packages listed before it that depend on it, netshrink-auto, and looks it up on the index)
+if [ "$dev" = 1 ]; then
+  args+=(pytest pytest-benchmark ruff hypothesis)
+  case " $only " in *" prune "*) args+=(timm) ;; esac
+fi
 
 export PIP_CONSTRAINT="$root/constraints.txt"   # also pins the build backends pip fetches
 "$py" -m pip install --quiet --disable-pip-version-check "${args[@]}"

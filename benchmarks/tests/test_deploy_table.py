@@ -84,6 +84,21 @@ def test_a_row_finished_in_another_table_is_reused_not_retrained(tmp_path: Path)
     assert seen == [("float", "running")]
 
 
+def test_a_row_is_not_reused_from_a_table_that_did_not_measure_what_this_one_reports(
+        tmp_path: Path):
+    pruned = Row("pruned", "pruned", upstream="float", schedule=ONE,
+                 stages=({"kind": "prune.channels",
+                          "config": {"prune": {"criterion": "l1", "amount": 0.25}}},))
+    plain = Table(name="plain", title="Plain", baseline="float", dataset="synthetic",
+                  rows=(FLOAT, pruned))
+    _run(tmp_path, plain)
+    wants = Table(name="wants", title="Wants", baseline="float", dataset="synthetic",
+                  rows=(FLOAT, pruned), before_training=True)
+    results, seen = _run(tmp_path, wants)  # the pruned row lacks accuracy right after pruning
+    assert seen == [("float", "reused from plain/float"), ("pruned", "running")]
+    assert "accuracy_before_training" in results[1]["metrics"]
+
+
 @pytest.mark.slow
 def test_deploy_rows_are_exported_measured_and_reported(tmp_path: Path):
     quant = Row("int8", "int8", upstream="float",

@@ -63,6 +63,8 @@ DEPLOY = register_table(Table(
     title="Deployment: ONNX Runtime (and OpenVINO) on the CPU",
     baseline="nin-float",
     deploy_rows=tuple(FORMS),
+    # as the prune table: its rows, finished here first, are then reused there complete
+    before_training=True,
     rows=(
         *_reused(micronet.MICRONET, "nin-pruned50", "nin-int8", "nin-wbin-abin"),
         Row("nin-pruned50-int8", "nin pruned 50% + int8 QAT", upstream="nin-pruned50",

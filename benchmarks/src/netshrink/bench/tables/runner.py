@@ -221,7 +221,7 @@ def _run_row(ctx: RunContext, row: Row, h: str, upstream_hash: str | None,
     history: list[dict[str, Any]] = []
     meta = {"model": model.netshrink_spec, "recipe": recipe}
     before: float | None = None
-    if epochs > 0 and row.stages and ctx.table.before_training:  # right after the stages
+    if epochs > 0 and _wants_before_training(ctx, row):  # right after the stages
         before = evaluate(model.to(env.device).eval(), _test_loader(ctx), env)[1]
         model.train()
     if epochs > 0:
@@ -298,6 +298,9 @@ def _reuse(ctx: RunContext, row: Row, h: str) -> dict[str, Any] | None:
         if not isinstance(result, dict) or result.get("spec_hash") != h \
                 or marker.read_text().strip() != h:
             continue
+        if _wants_before_training(ctx, row) and "accuracy_before_training" not in \
+                result.get("metrics", {}):  # that table did not measure what this one reports
+            continue
         run_dir = ctx.run_dir(row)
         _claim_run_dir(run_dir, h, ctx.env)
         packed = str(result.get("metrics", {}).get("size_file", FINAL))
@@ -316,6 +319,12 @@ def _reuse(ctx: RunContext, row: Row, h: str) -> dict[str, Any] | None:
         write_summary(ctx.result_path(row), result)
         return result
     return None
+
+
+def _wants_before_training(ctx: RunContext, row: Row) -> bool:
+    """Whether ``ctx.table`` reports ``row``'s accuracy right after its stages (before its
+    training): a table option, for rows that have stages."""
+    return bool(row.stages) and ctx.table.before_training
 
 
 def _deploy_metrics(ctx: RunContext, model: nn.Module, run_dir: Path) -> dict[str, Any]:

@@ -221,7 +221,7 @@ def _run_row(ctx: RunContext, row: Row, h: str, upstream_hash: str | None,
     history: list[dict[str, Any]] = []
     meta = {"model": model.netshrink_spec, "recipe": recipe}
     before: float | None = None
-    if epochs > 0 and _wants_before_training(ctx, row):  # right after the stages
+    if _wants_before_training(ctx, row):  # right after the stages
         before = evaluate(model.to(env.device).eval(), _test_loader(ctx), env)[1]
         model.train()
     if epochs > 0:
@@ -323,8 +323,9 @@ def _reuse(ctx: RunContext, row: Row, h: str) -> dict[str, Any] | None:
 
 def _wants_before_training(ctx: RunContext, row: Row) -> bool:
     """Whether ``ctx.table`` reports ``row``'s accuracy right after its stages (before its
-    training): a table option, for rows that have stages."""
-    return bool(row.stages) and ctx.table.before_training
+    training): a table option, for rows that have stages and train after them."""
+    return (ctx.table.before_training and bool(row.stages)
+            and row.schedule.epochs[ctx.profile.name] > 0)
 
 
 def _deploy_metrics(ctx: RunContext, model: nn.Module, run_dir: Path) -> dict[str, Any]:

@@ -151,7 +151,8 @@ def huffman_decode(payload: bytes | np.ndarray, alphabet: int, count: int) -> np
         table_len[lo:hi], table_sym[lo:hi] = lengths[s], s
     nbits = 8 * body.size
     bits = np.concatenate([np.unpackbits(body), np.zeros(longest, dtype=np.uint8)])
-    window = np.zeros(nbits, dtype=np.int64)  # the next `longest` bits at every position
+    # the next `longest` (<= 20) bits at every position: int32, 4 bytes per payload bit
+    window = np.zeros(nbits, dtype=np.int32)
     for j in range(longest):
         window = (window << 1) | bits[j: j + nbits]
     step = table_len[window]

@@ -1,11 +1,12 @@
 """Compress your own model in your own training loop: a plain PyTorch CIFAR-style loop plus the
 five lines marked ``# netshrink``.
 
-The recipe's stages are applied once (``apply_recipe``); a ``Controller`` then calls every
-training hook the stages have (the slimming penalty, clipping binary latent weights after each
-optimizer step, gradual pruning schedules, soft filter pruning at epoch ends, QAT freezes), so
-the loop does not need to know which stages need what. netshrink's own Trainer (``bench
-train``, the tables, ``bench compress``) drives stages through the same Controller.
+The recipe's stages are applied once (``apply_recipe_``); a ``Controller`` then calls every
+training hook the stages have (the slimming penalty, gradual pruning schedules, soft filter
+pruning at epoch ends, QAT freezes), so the loop does not need to know which stages need what
+(binary latent weights are clipped by the quantized layers themselves). netshrink's own
+Trainer (``bench train``, the tables, ``bench compress``) drives stages through the same
+Controller.
 
 Run it: ``python examples/own_loop.py`` (generated data: 32x32 RGB images whose class is a
 colour pattern; a few seconds on a CPU).
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from netshrink.core import Controller, Stage, apply_recipe
+from netshrink.core import Controller, Stage, apply_recipe_
 from netshrink.prune import SlimmingConfig, SlimmingStage
 from netshrink.quant import QuantConfig, QuantizeStage
 
@@ -56,7 +57,7 @@ def train(model: nn.Module, stages: Sequence[Stage], batches: Callable[[int], It
           *, epochs: int, steps_per_epoch: int, lr: float = 0.05, momentum: float = 0.9,
           weight_decay: float = 5e-4) -> nn.Module:
     """The user's loop. ``batches(epoch)`` yields the ``(images, labels)`` of one epoch."""
-    model = apply_recipe(model, stages)  # netshrink
+    model = apply_recipe_(model, stages)  # netshrink
     controller = Controller(model, stages, epochs=epochs,  # netshrink
                             steps_per_epoch=steps_per_epoch)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,

@@ -46,7 +46,7 @@ from netshrink.bench.data.synthetic import synthetic
 from netshrink.core import stage_from_description
 from netshrink.deploy import check_onnx, export_onnx
 from netshrink.models import create_model
-from netshrink.quant import QuantConfig, quantize
+from netshrink.quant import QuantConfig, quantize_
 
 ROUNDS = int(os.environ.get("NETSHRINK_BENCH_ROUNDS", "10"))
 WIDTH = float(os.environ.get("NETSHRINK_BENCH_WIDTH", "0.25"))
@@ -153,7 +153,7 @@ def test_onnx_trained_nin_qat_vs_ort_ptq(tmp_path, capsys) -> None:
     }
     torch_acc, checks = {}, {}
     for name, (start, config, lr) in configs.items():
-        qmodel = quantize(copy.deepcopy(start), config)
+        qmodel = quantize_(copy.deepcopy(start), config)
         _train(qmodel, x_train, y_train, QAT_EPOCHS, lr=lr)
         path = export_onnx(qmodel, example, tmp_path / f"{len(files)}.onnx")
         files[name] = path

@@ -36,8 +36,8 @@ from netshrink.quant import (
     QuantConfig,
     QuantConv2d,
     TernaryWeight,
-    constrain_latent_weights,
-    quantize,
+    constrain_latent_weights_,
+    quantize_,
 )
 
 STEPS = int(os.environ.get("NETSHRINK_BENCH_STEPS", "3"))
@@ -77,7 +77,7 @@ def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         loss.backward()
         opt.step()
         if binary:
-            constrain_latent_weights(model)
+            constrain_latent_weights_(model)
         return time.perf_counter() - start
 
     return step
@@ -105,7 +105,7 @@ def test_step_time_ratio(benchmark, case):
     torch.manual_seed(0)
     model = create_model("nin").train()
     config = CASES[case]
-    model = _pytorch_qat(model, x) if config == "pytorch" else quantize(model, config)
+    model = _pytorch_qat(model, x) if config == "pytorch" else quantize_(model, config)
     binary = isinstance(config, QuantConfig) and config.w == "binary"
     result = benchmark.pedantic(
         _paired, args=(_stepper(float_model, x, y, False), _stepper(model, x, y, binary)),

@@ -180,17 +180,17 @@ def test_recalibrate_bn_averages_batch_statistics_and_keeps_weights():
 def test_recalibrate_bn_keeps_batchnorms_the_forward_does_not_update():
     from netshrink.bench.data import DeviceLoader
     from netshrink.bench.engine import recalibrate_bn
-    from netshrink.quant import QuantConfig, freeze_bn_stats, quantize
+    from netshrink.quant import QuantConfig, freeze_bn_stats_, quantize_
 
     torch.manual_seed(0)
-    model = quantize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 8, 3, bias=False),
+    model = quantize_(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 8, 3, bias=False),
                                    nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)),
                      QuantConfig(w=8, a=8, scheme="int8_affine"))
     loader = DeviceLoader(TRAIN, 32, device="cpu", train=False)
     model.train()
     for _, (x, _) in zip(range(2), loader, strict=False):
         model(x)  # some statistics to keep
-    assert freeze_bn_stats(model) == 1
+    assert freeze_bn_stats_(model) == 1
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     before = {k: v.clone() for k, v in bn.state_dict().items()}
     assert recalibrate_bn(model, loader, 3) == 0  # frozen: the forward leaves it alone

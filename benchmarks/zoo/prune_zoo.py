@@ -47,7 +47,7 @@ from netshrink.prune import (
     find_pruner,
     plan_channels,
 )
-from netshrink.prune.surgery import apply_plan
+from netshrink.prune.surgery import apply_plan_
 
 #: torchvision classifiers that are transformers, not convolutional (run with --all-kinds).
 TV_TRANSFORMERS = ("vit_*", "swin_*", "maxvit_*")
@@ -175,7 +175,7 @@ def survey_one(name: str, build: Callable[[], nn.Module], amount: float, size: i
                 plan = plan_channels(model, x, config)
             if plan.blocked:
                 record["blocked"] = dict(list(plan.blocked.items())[:5])
-            pruned = apply_plan(copy.deepcopy(model), plan).eval()
+            pruned = apply_plan_(copy.deepcopy(model), plan).eval()
             with torch.no_grad():
                 out = pruned(x)
             if out.shape != ref.shape:

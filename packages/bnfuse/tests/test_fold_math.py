@@ -5,7 +5,7 @@ import torch
 from bnfuse_testing import randomize_bn
 from torch import nn
 
-from netshrink.bnfuse import bn_affine, fold_input_affine, fold_output_affine, threshold_affine
+from netshrink.bnfuse import bn_affine, fold_input_affine_, fold_output_affine_, threshold_affine
 
 BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
@@ -36,7 +36,7 @@ def test_output_fold_equals_layer_then_bn(layer: nn.Module, dims: int) -> None:
     bn = randomize_bn(BN[dims](out).double(), seed=3).eval()
     x = _input(layer, dims)
     expected = bn(layer(x))
-    fold_output_affine(layer, *bn_affine(bn))
+    fold_output_affine_(layer, *bn_affine(bn))
     assert layer.bias is not None
     torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
 
@@ -55,7 +55,7 @@ def test_input_fold_equals_bn_then_layer(layer: nn.Module, dims: int) -> None:
     bn = randomize_bn(BN[dims](c).double(), seed=4).eval()
     x = _input(layer, dims)
     expected = layer(bn(x))
-    fold_input_affine(layer, *bn_affine(bn))
+    fold_input_affine_(layer, *bn_affine(bn))
     torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
 
 

@@ -8,7 +8,7 @@ import torch
 from bnfuse_testing import BinaryConv2d, SignInputs, randomize_bn
 from torch import nn
 
-from netshrink.bnfuse import FuseConfig, compare, fuse_with_report
+from netshrink.bnfuse import FuseConfig, compare, fuse, fuse_report
 
 
 def _binary(cin: int, cout: int, k: int, seed: int) -> BinaryConv2d:
@@ -58,7 +58,8 @@ def test_threshold_folds_keep_every_sign_and_every_code() -> None:
     model = randomize_bn(_binary_net(), seed=1, negative=0.25, zero=0.125).eval()
     with torch.no_grad():  # bn3 sits after a max-pool: fine with scales >= 0 (zeros included)
         model.bn3.weight.abs_()
-    fused, report = fuse_with_report(model)
+    fused = fuse(model)
+    report = fuse_report(fused)
     folded = {f.bn: f for f in report.folded}
     assert (folded["bn1"].kind, folded["bn1"].into) == ("threshold", "conv1")
     assert (folded["bn1"].negated, folded["bn1"].constant) == (2, 1)
@@ -82,7 +83,7 @@ def test_threshold_folds_keep_every_sign_and_every_code() -> None:
 
 def test_without_binary_folds_only_affine_folds_happen() -> None:
     model = randomize_bn(_binary_net(), seed=2).eval()
-    _, report = fuse_with_report(model, FuseConfig(binary=False))
+    report = fuse_report(fuse(model, FuseConfig(binary=False)))
     assert {f.kind for f in report.folded} == {"affine"}
     assert set(report.left_names) == {"bn3", "bn4"}
 
@@ -100,7 +101,8 @@ def test_a_bn_whose_output_also_feeds_a_float_path_gets_the_exact_fold() -> None
             return self.binary(y) + y
 
     model = randomize_bn(Split(), seed=3).eval()
-    fused, report = fuse_with_report(model)
+    fused = fuse(model)
+    report = fuse_report(fused)
     assert [(f.bn, f.kind) for f in report.folded] == [("bn", "affine")]
     x = torch.randn(2, 3, 4, 4)
     torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)
@@ -119,7 +121,8 @@ def test_sign_through_data_movement_and_functional_sign() -> None:
             return torch.sign(torch.cat([y, x], dim=1))
 
     model = randomize_bn(Shuffle().double(), seed=4, negative=0.3, zero=0.2).eval()
-    fused, report = fuse_with_report(model)
+    fused = fuse(model)
+    report = fuse_report(fused)
     assert [(f.bn, f.kind) for f in report.folded] == [("bn", "threshold")]
     x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
     assert torch.equal(fused(x), model(x))
@@ -137,7 +140,8 @@ def _binary_nin(block_order: str) -> nn.Module:
 
 def test_binary_nin_cbap_every_bn_folds_and_signs_are_identical() -> None:
     model = _binary_nin("cbap")
-    fused, report = fuse_with_report(model)
+    fused = fuse(model)
+    report = fuse_report(fused)
     assert report.left == ()
     kinds = {f.bn: f.kind for f in report.folded}
     assert kinds == {**{f"features.bn{k}": "threshold" for k in range(1, 8)},
@@ -151,7 +155,8 @@ def test_binary_nin_bacp_folds_through_pools_only_with_non_negative_scales() -> 
     model = _binary_nin("bacp")
     with torch.no_grad():
         model.features.bn3.weight.abs_()  # bn3 folds through pool1; bn6 keeps negatives
-    fused, report = fuse_with_report(model)
+    fused = fuse(model)
+    report = fuse_report(fused)
     folded = {f.bn: f for f in report.folded}
     assert folded["features.bn3"].via == ("features.pool1",)
     assert folded["features.bn3"].into == "features.conv3"
@@ -176,7 +181,8 @@ def test_functional_max_pool_before_the_bn() -> None:
             return torch.sign(F.hardtanh(y))
 
     model = randomize_bn(Pooled().double(), seed=6, negative=0.0, zero=0.2).eval()
-    fused, report = fuse_with_report(model)
+    fused = fuse(model)
+    report = fuse_report(fused)
     assert [(f.bn, f.kind, f.via, f.constant) for f in report.folded] == [
         ("bn", "threshold", ("max_pool2d",), 1)]
     x = torch.randn(4, 3, 9, 9, dtype=torch.float64)

@@ -8,7 +8,14 @@ from bnfuse_testing import randomize_bn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from netshrink.bnfuse import REPORT_ATTR, FuseConfig, FuseReport, compare, fuse, fuse_with_report
+from netshrink.bnfuse import (
+    REPORT_ATTR,
+    FuseConfig,
+    FuseReport,
+    compare,
+    fuse,
+    fuse_report,
+)
 
 
 def _bn_names(model: nn.Module) -> set[str]:
@@ -49,7 +56,8 @@ def test_every_bn_of_a_foldable_model_is_folded_exactly() -> None:
     torch.manual_seed(0)
     model = randomize_bn(Mixed().double(), seed=1).eval()
     before = copy.deepcopy(model.state_dict())
-    fused, report = fuse_with_report(model)
+    fused = fuse(model)
+    report = fuse_report(fused)
     assert _bn_names(fused) == set()
     assert report.left == ()
     kinds = {f.bn: (f.kind, f.into) for f in report.folded}
@@ -105,7 +113,8 @@ class Unfoldable(nn.Module):
 def test_bns_that_cannot_fold_are_left_with_reasons() -> None:
     torch.manual_seed(0)
     model = randomize_bn(Unfoldable().double(), seed=3).eval()
-    fused, report = fuse_with_report(model)
+    fused = fuse(model)
+    report = fuse_report(fused)
     assert report.folded == ()
     assert set(report.left_names) == _bn_names(model) == _bn_names(fused)
     assert "padded conv conv_pad (Conv2d) (padding=(1, 1))" in report.reason("bn_start")
@@ -126,7 +135,8 @@ def test_bn_after_a_pool_folds_into_an_unpadded_next_conv() -> None:
                           nn.Conv2d(4, 6, 1, groups=2), nn.ReLU(), nn.MaxPool2d(2),
                           nn.BatchNorm2d(6), nn.Conv2d(6, 4, 3, padding=1))
     model = randomize_bn(model.double(), seed=8).eval()
-    fused, report = fuse_with_report(model)
+    fused = fuse(model)
+    report = fuse_report(fused)
     assert [(f.bn, f.kind, f.into) for f in report.folded] == [("2", "input", "3")]
     assert report.reason("6") == ("follows 5 (MaxPool2d), not a conv or linear layer; it "
                                   "precedes a padded conv 7 (Conv2d) (padding=(1, 1)): the "
@@ -141,7 +151,8 @@ def test_bn_before_a_reflect_padded_conv_folds_into_it() -> None:
     model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1,
                                                        padding_mode="reflect"))
     model = randomize_bn(model.double(), seed=4).eval()
-    fused, report = fuse_with_report(model)
+    fused = fuse(model)
+    report = fuse_report(fused)
     assert [(f.bn, f.kind, f.into) for f in report.folded] == [("0", "input", "1")]
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(fused(x), model(x), rtol=1e-12, atol=1e-12)
@@ -164,20 +175,22 @@ def test_linear_bn_is_only_folded_when_the_output_is_known_2d() -> None:
     torch.manual_seed(0)
     model = randomize_bn(TokenLinear().double(), seed=5).eval()
     x = torch.randn(3, 6, 6, dtype=torch.float64)
-    _, report = fuse_with_report(model)
+    report = fuse_report(fuse(model))
     assert "cannot tell that fc's output is 2-D" in report.reason("bn")
-    fused, report = fuse_with_report(model, example_input=x)
+    fused = fuse(model, example_input=x)
+    report = fuse_report(fused)
     assert report.left_names == ("bn",)
     assert torch.equal(fused(x), model(x))
     flat = torch.randn(3, 6, dtype=torch.float64)
-    fused, report = fuse_with_report(model, example_input=flat)
+    fused = fuse(model, example_input=flat)
+    report = fuse_report(fused)
     assert report.folded_names == ("bn",)
     torch.testing.assert_close(fused(flat), model(flat), rtol=1e-12, atol=1e-12)
 
 
 def test_config_only_and_validation() -> None:
     model = randomize_bn(Mixed(), seed=6).eval()
-    _, report = fuse_with_report(model, FuseConfig(only=["bn2", "bn5"]))
+    report = fuse_report(fuse(model, FuseConfig(only=["bn2", "bn5"])))
     assert set(report.folded_names) == {"bn2", "bn5"}
     assert report.reason("bn1") == "not selected (FuseConfig.only)"
     with pytest.raises(ValueError, match=r"only names \['nope'\] that are not BatchNorm"):
@@ -208,7 +221,7 @@ def test_untraceable_model_gives_a_clear_error() -> None:
 def test_report_as_dict_is_json_able() -> None:
     import json
 
-    _, report = fuse_with_report(randomize_bn(Unfoldable(), seed=1).eval())
+    report = fuse_report(fuse(randomize_bn(Unfoldable(), seed=1).eval()))
     record = json.loads(json.dumps(report.as_dict()))
     assert {b["bn"] for b in record["left"]} == set(report.left_names)
 
@@ -231,7 +244,8 @@ def test_layers_whose_weights_are_not_plain_storage_are_left() -> None:
     model[7].register_forward_hook(lambda m, i, o: None)
     model[9].register_forward_hook(lambda m, i, o: o.clamp(-0.5, 0.5))  # changes conv 9's output
     model = randomize_bn(model, seed=9).eval()
-    fused, report = fuse_with_report(model)
+    fused = fuse(model)
+    report = fuse_report(fused)
     assert report.folded == ()
     assert "FakeQuantConv subclasses Conv2d with its own forward" in report.reason("1")
     assert "has parametrizations" in report.reason("4")
@@ -246,7 +260,7 @@ def test_tied_weights_are_not_folded() -> None:
     a, b = nn.Linear(4, 4), nn.Linear(4, 4)
     b.weight = a.weight
     model = randomize_bn(nn.Sequential(a, nn.BatchNorm1d(4), b), seed=1).eval()
-    _, report = fuse_with_report(model)
+    report = fuse_report(fuse(model))
     assert "0 shares a parameter with another module" in report.reason("1")
 
 
@@ -262,7 +276,8 @@ def test_a_bn_with_two_names_is_removed_under_both() -> None:
             return self.same_bn(self.conv(x))
 
     model = randomize_bn(Alias().double(), seed=2).eval()
-    fused, report = fuse_with_report(model)
+    fused = fuse(model)
+    report = fuse_report(fused)
     assert len(report.folded) == 1 and _bn_names(fused) == set()
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     torch.testing.assert_close(fused(x), model(x), rtol=1e-12, atol=1e-12)

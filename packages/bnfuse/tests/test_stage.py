@@ -8,7 +8,7 @@ from bnfuse_testing import BinaryConv2d, randomize_bn
 from torch import nn
 
 from netshrink.bnfuse import FuseConfig, FuseStage
-from netshrink.core import STAGES, apply_recipe, stage_from_description
+from netshrink.core import STAGES, apply_recipe_, stage_from_description
 
 
 def _net() -> nn.Sequential:
@@ -24,7 +24,7 @@ def test_registered_and_applied_through_a_recipe() -> None:
     assert STAGES.get("bnfuse.fuse") is FuseStage
     model = randomize_bn(_net(), seed=1, negative=0.0).eval()
     stage = FuseStage(FuseConfig())
-    fused = apply_recipe(model, [stage])
+    fused = apply_recipe_(model, [stage])
     assert stage.report is not None and stage.report.folded_names == ("2", "5")
     x = torch.randn(2, 3, 9, 9)
     torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)
@@ -58,7 +58,7 @@ def test_fused_zoo_model_checkpoint_round_trip(tmp_path) -> None:
     model = randomize_bn(models.create_model("nin", width=0.125, block_order="bacp"),
                          seed=3).eval()
     stage = FuseStage()
-    fused = apply_recipe(model, [stage])
+    fused = apply_recipe_(model, [stage])
     path = models.save_model(tmp_path / "fused.safetensors", fused, recipe=[stage])
     loaded = models.load_model(path)
     assert not any(isinstance(m, nn.BatchNorm2d) and n not in ("features.bn3", "features.bn6")

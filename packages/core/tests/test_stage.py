@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import pytest
 from torch import nn
 
-from netshrink.core import STAGES, Stage, apply_recipe, register_stage, stage_from_description
+from netshrink.core import STAGES, Stage, apply_recipe_, register_stage, stage_from_description
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def test_describe_and_rebuild_round_trip():
 def test_apply_recipe_in_order():
     lin = nn.Linear(1, 1, bias=False)
     nn.init.ones_(lin.weight)
-    apply_recipe(lin, [_Scale(_ScaleConfig(2.0)), _Scale(_ScaleConfig(5.0))])
+    apply_recipe_(lin, [_Scale(_ScaleConfig(2.0)), _Scale(_ScaleConfig(5.0))])
     assert lin.weight.item() == 10.0
 
 
@@ -65,6 +65,6 @@ def test_apply_recipe_keeps_the_build_record_on_a_new_module():
 
     lin = nn.Linear(1, 1)
     lin.netshrink_spec = {"name": "toy", "kwargs": {}}
-    out = apply_recipe(lin, [_Wrap(_ScaleConfig())])
+    out = apply_recipe_(lin, [_Wrap(_ScaleConfig())])
     assert isinstance(out, nn.Sequential)
     assert out.netshrink_spec == {"name": "toy", "kwargs": {}}

@@ -47,7 +47,7 @@ def _zoo_model(name: str) -> nn.Module:
 def _int8_qat_nin() -> nn.Module:
     """NIN (width 0.25) after int8 affine QAT forwards: observers and BN statistics set."""
     quant = pytest.importorskip("netshrink.quant")
-    model = quant.quantize(_zoo_model("nin"), quant.QuantConfig(w=8, a=8, scheme="int8_affine"))
+    model = quant.quantize_(_zoo_model("nin"), quant.QuantConfig(w=8, a=8, scheme="int8_affine"))
     model.train()
     with torch.no_grad():
         for seed in range(3):
@@ -198,7 +198,7 @@ def test_form_without_int8_codes_is_named(tmp_path):
     quant = pytest.importorskip("netshrink.quant")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten())
-    quant.quantize(model, quant.QuantConfig(w=8, a=8, first="same"))
+    quant.quantize_(model, quant.QuantConfig(w=8, a=8, first="same"))
     with pytest.raises(ExportError, match=r"layer '0' \(QuantConv2d\) cannot be exported: its "
                                           r"weight codes span -\d+\.\.\d+ \(8-bit\), beyond"):
         export_onnx(model, _images(2), tmp_path / "w8.onnx")

@@ -73,9 +73,9 @@ def _form(name: str) -> nn.Module:
     }
     if name == "ptq_bn_left":  # post-training int8 with the BatchNorms still in the graph
         model = _warm(_signed_bn(_small_cnn()))
-        quant.calibrate(model, [_images(32, seed=60)])
+        quant.calibrate_(model, [_images(32, seed=60)])
         return model.eval()
-    model = _warm(quant.quantize(_signed_bn(_small_cnn()), configs[name.removesuffix("_bnfused")]))
+    model = _warm(quant.quantize_(_signed_bn(_small_cnn()), configs[name.removesuffix("_bnfused")]))
     if name.endswith("_bnfused"):  # BN folded into the layers' output scale and bias (Mul, Add)
         model = pytest.importorskip("netshrink.bnfuse").fuse(model)
     return model
@@ -130,7 +130,7 @@ def test_layer_by_layer_export_is_exact_and_float(tmp_path, name, exact):
 def test_binary_activation_keeps_sign_of_zero_positive(tmp_path):
     """Inputs with exact zeros (after a ReLU): ONNX's Sign would give 0 there."""
     model = nn.Sequential(nn.ReLU(), nn.Conv2d(3, 4, 3, bias=False), nn.Flatten())
-    quant.quantize(model, quant.QuantConfig(w="binary", a="binary", first="same",
+    quant.quantize_(model, quant.QuantConfig(w="binary", a="binary", first="same",
                                             last="same"))
     model.eval()
     x = _images(4)
@@ -149,7 +149,7 @@ def test_binary_activation_keeps_sign_of_zero_positive(tmp_path):
 def test_post_training_int8_of_a_bn_fused_model_runs_integer_kernels(tmp_path):
     bnfuse = pytest.importorskip("netshrink.bnfuse")
     model = bnfuse.fuse(_warm(_small_cnn()))
-    quant.calibrate(model, [_images(32, seed=60)])  # asymmetric per-channel weights
+    quant.calibrate_(model, [_images(32, seed=60)])  # asymmetric per-channel weights
     path = export_onnx(model, _images(2), tmp_path / "ptq.onnx")
     report = check_onnx(path, model, _images(64, seed=9))
     assert report.agreement >= 0.98
@@ -167,7 +167,7 @@ def test_binary_activation_after_an_integer_conv_keeps_its_sign(tmp_path):
         model[0].weight.fill_(1.0)
         model[0].bias.fill_(1.0 - 0.3 / 64)
         model[1].weight.fill_(1.0)
-    quant.quantize(model, quant.QuantConfig(w="binary", a="binary", binary_scale=False,
+    quant.quantize_(model, quant.QuantConfig(w="binary", a="binary", binary_scale=False,
                                             first="same", last="same"))
     model.eval()
     x = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))

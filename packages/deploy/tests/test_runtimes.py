@@ -45,7 +45,7 @@ def _nin(seed: int = 0) -> torch.nn.Module:
 
 def _int8_qat_nin() -> torch.nn.Module:
     quant = pytest.importorskip("netshrink.quant")
-    model = quant.quantize(_nin(), quant.QuantConfig(w=8, a=8, scheme="int8_affine"))
+    model = quant.quantize_(_nin(), quant.QuantConfig(w=8, a=8, scheme="int8_affine"))
     model.train()
     with torch.no_grad():
         for s in range(3):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netshrink.prune import ChannelPruneConfig, apply_plan, plan_channels, prune_channels
+from netshrink.prune import ChannelPruneConfig, apply_plan_, plan_channels, prune_channels
 
 
 def _cbr(c_in: int, c_out: int, groups: int = 1) -> nn.Sequential:
@@ -67,7 +67,7 @@ def _check_exact(model: nn.Module, x: torch.Tensor, config: ChannelPruneConfig, 
     model.eval()
     plan = plan_channels(model, x, config)
     assert plan.removed_channels > 0
-    pruned = apply_plan(copy.deepcopy(model), plan).eval()
+    pruned = apply_plan_(copy.deepcopy(model), plan).eval()
     reference = zeroed(model, plan, bn_only=bn_only).eval()
     with torch.no_grad():
         expected, got = reference(x), pruned(x)

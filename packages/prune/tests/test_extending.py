@@ -16,7 +16,7 @@ from netshrink.prune import (
     ChannelPruneStage,
     ChannelPruneStageConfig,
     CriterionContext,
-    apply_plan,
+    apply_plan_,
     find_pruner,
     l1_scores,
     list_criteria,
@@ -74,7 +74,7 @@ def test_registered_layer_is_pruned_exactly() -> None:
     model, x = _model(), torch.randn(2, 3, 8, 8)
     with registered_pruner(ChannelScale, prune_channel_scale, per_channel=True):
         plan = plan_channels(model, x, ChannelPruneConfig(criterion="l1", amount=0.5))
-        pruned = apply_plan(copy.deepcopy(model), plan)
+        pruned = apply_plan_(copy.deepcopy(model), plan)
     assert set(plan.modules) == {"conv1", "scale", "conv2"}
     keep = torch.tensor(plan.modules["conv1"].out_idx)
     assert len(keep) == 4 and plan.modules["scale"].out_idx == tuple(keep.tolist())
@@ -128,7 +128,7 @@ def test_unregistered_scale_multiplied_in_is_cut_with_its_channels() -> None:
     element-wise into the channels, is cut with them (as a ConvNeXt layer scale)."""
     model, x = _model(), torch.randn(2, 3, 8, 8)
     plan = plan_channels(model, x, ChannelPruneConfig(criterion="l1", amount=0.5))
-    pruned = apply_plan(copy.deepcopy(model), plan)
+    pruned = apply_plan_(copy.deepcopy(model), plan)
     keep = list(plan.modules["conv1"].out_idx)
     assert plan.tensors == {"scale.scale": (0, tuple(keep))}
     assert torch.equal(pruned.scale.scale, model.scale.scale[keep])

@@ -14,8 +14,8 @@ from netshrink.prune import (
     MagnitudePruneConfig,
     MagnitudePruneStage,
     agp_sparsity,
-    apply_masks,
-    magnitude_prune,
+    apply_masks_,
+    magnitude_prune_,
     pack_sparse,
     unpack_sparse,
     weight_sparsity,
@@ -36,7 +36,7 @@ def test_global_magnitude_prune_zeroes_exactly_the_smallest_weights():
     model = _net()
     flat = torch.cat([w.detach().abs().flatten() for w in _weights(model)])
     threshold = flat.sort().values[round(0.7 * flat.numel()) - 1]
-    magnitude_prune(model, 0.7)
+    magnitude_prune_(model, 0.7)
     assert weight_sparsity(model) == round(0.7 * flat.numel()) / flat.numel()
     for w in _weights(model):
         kept = w.detach()[w != 0].abs()
@@ -44,7 +44,7 @@ def test_global_magnitude_prune_zeroes_exactly_the_smallest_weights():
 
 
 def test_per_layer_magnitude_prune_hits_every_layer():
-    model = magnitude_prune(_net(), 0.5, scope="per_layer")
+    model = magnitude_prune_(_net(), 0.5, scope="per_layer")
     for w in _weights(model):
         assert int((w == 0).sum()) == round(0.5 * w.numel())
 
@@ -54,7 +54,7 @@ def test_per_layer_magnitude_prune_hits_every_layer():
     lambda p: torch.optim.Adam(p, lr=0.01),
 ])
 def test_masks_survive_optimizer_steps(make_optimizer):
-    model = magnitude_prune(_net(), 0.8)
+    model = magnitude_prune_(_net(), 0.8)
     masks = [(w != 0).clone() for w in _weights(model)]
     opt = make_optimizer(model.parameters())
     x = torch.randn(4, 3, 8, 8)
@@ -76,7 +76,7 @@ def test_masks_survive_optimizer_steps(make_optimizer):
                 m_ref.bias.copy_(m.bias)
     assert torch.allclose(out, reference(x))
     opt.step()
-    apply_masks(model)  # what the stage's after_step does
+    apply_masks_(model)  # what the stage's after_step does
     assert all(bool((w[~m] == 0).all()) for w, m in zip(_weights(model), masks, strict=True))
 
 
@@ -121,7 +121,7 @@ def test_agp_stage_reaches_target_sparsity_on_schedule():
 def test_sparse_storage_counts_in_packed_bytes():
     model = _net()
     dense = ModelStats.measure(model, torch.zeros(1, 3, 8, 8))
-    magnitude_prune(model, 0.9)
+    magnitude_prune_(model, 0.9)
     sparse = ModelStats.measure(model, torch.zeros(1, 3, 8, 8))
     assert sparse.float_bytes == dense.float_bytes  # masks are not stored
     weight_bytes = 0.0
@@ -136,7 +136,7 @@ def test_sparse_storage_counts_in_packed_bytes():
 
 
 def test_pack_sparse_round_trip_and_size():
-    w = magnitude_prune(_net(), 0.75)[5].weight.detach()
+    w = magnitude_prune_(_net(), 0.75)[5].weight.detach()
     pack = pack_sparse(w)
     assert torch.equal(unpack_sparse(pack), w)
     nnz = int(torch.count_nonzero(w))
@@ -160,7 +160,7 @@ def test_magnitude_stage_checkpoint_round_trip(tmp_path):
     opt = torch.optim.SGD(fresh.parameters(), lr=0.1)
     fresh(x).sum().backward()
     opt.step()
-    apply_masks(fresh)  # the mask came back from the saved zeros
+    apply_masks_(fresh)  # the mask came back from the saved zeros
     assert bool((fresh[2].weight[zeros] == 0).all())
 
 

@@ -22,12 +22,12 @@ from netshrink.prune import (
     PruningBlockedError,
     PruningBlockedWarning,
     UntraceableModelError,
-    apply_plan,
+    apply_plan_,
     plan_channels,
     prune_channels,
     register_leaf,
     registered_pruner,
-    slice_channels,
+    slice_channels_,
 )
 
 L1 = ChannelPruneConfig(criterion="l1", amount=0.5)
@@ -103,7 +103,7 @@ def test_fused_norm_act_leaf_is_pruned_exactly_and_keeps_its_activation(leaf) ->
     leaf(BatchNormAct)
     model, x = _randomized(_FusedNet()), torch.randn(2, 3, 8, 8)
     plan = plan_channels(model, x, L1)
-    pruned = apply_plan(copy.deepcopy(model), plan)
+    pruned = apply_plan_(copy.deepcopy(model), plan)
     keep = list(plan.modules["conv1"].out_idx)
     assert len(keep) == 4 and plan.modules["bn1"].out_idx == tuple(keep)
     bn = pruned.bn1
@@ -212,7 +212,7 @@ def test_convnext_block_prunes_layer_scale_layernorm_and_the_residual_stream() -
     model, x = _NeXt().eval(), torch.randn(2, 3, 8, 8)
     plan = plan_channels(model, x, PER_LAYER)
     assert plan.blocked == {}
-    pruned = apply_plan(copy.deepcopy(model), plan)
+    pruned = apply_plan_(copy.deepcopy(model), plan)
     stream = _kept_filters(model.stem.weight, pruned.stem.weight)
     assert len(stream) < 8  # the residual stream itself lost channels
     assert plan.tensors["block.gamma"] == (0, tuple(stream))
@@ -288,10 +288,10 @@ def test_channel_dim_read_from_each_instance() -> None:
 
     torch.manual_seed(0)
     model, x = Net().eval(), torch.randn(2, 3, 4, 4)
-    with registered_pruner(_Grn, slice_channels, per_channel=True,
+    with registered_pruner(_Grn, slice_channels_, per_channel=True,
                            channel_dim=lambda m: m.channel_dim):
         plan = plan_channels(model, x, PER_LAYER)
-        pruned = apply_plan(copy.deepcopy(model), plan)
+        pruned = apply_plan_(copy.deepcopy(model), plan)
     for conv, grn in (("conv1", "first"), ("conv2", "last")):
         keep = list(plan.modules[conv].out_idx)
         assert len(keep) < model.get_submodule(conv).out_channels
@@ -337,7 +337,7 @@ def test_ghost_module_concat_and_slice_prunes_its_primary_conv_exactly() -> None
     torch.manual_seed(0)
     model, x = _GhostNet(16).eval(), torch.randn(2, 3, 6, 6)
     plan = plan_channels(model, x, L1)
-    pruned = apply_plan(copy.deepcopy(model), plan)
+    pruned = apply_plan_(copy.deepcopy(model), plan)
     keep = list(plan.modules["ghost.primary"].out_idx)
     assert len(keep) < 8
     assert pruned.ghost.cheap.weight.shape[0] == len(keep)
@@ -379,7 +379,7 @@ def test_reshape_as_follows_the_channels() -> None:
     x = torch.randn(2, 5, 6)
     plan = plan_channels(model, x, PER_LAYER)
     assert plan.blocked == {} and len(plan.modules["0.linear"].out_idx) == 4
-    pruned = apply_plan(copy.deepcopy(model), plan)
+    pruned = apply_plan_(copy.deepcopy(model), plan)
     keep = list(plan.modules["0.linear"].out_idx)
     assert torch.equal(pruned[0].bn.running_var, model[0].bn.running_var[keep])
     zeroed = copy.deepcopy(model)
@@ -453,7 +453,7 @@ def test_real_timm_models_prune_to_the_asked_amount_and_run(name: str) -> None:
     model.eval()
     x = torch.randn(1, 3, 32, 32)
     plan = plan_channels(model, x, ChannelPruneConfig(criterion="l1", amount=0.3))
-    pruned = apply_plan(copy.deepcopy(model), plan)
+    pruned = apply_plan_(copy.deepcopy(model), plan)
 
     def producer_channels(m: nn.Module) -> int:
         return sum(c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d))

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from netshrink.quant import QuantConfig, quantize, save_packed
+from netshrink.quant import QuantConfig, quantize_, save_packed
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -60,8 +60,8 @@ def genuine_files(folder: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     models = {
         "float": small_cnn().eval(),
-        "quant": quantize(small_cnn(), QuantConfig(w=2, a="binary")).eval(),
-        "residual": quantize(Residual(), QuantConfig(w="ternary", a=4, first="same",
+        "quant": quantize_(small_cnn(), QuantConfig(w=2, a="binary")).eval(),
+        "residual": quantize_(Residual(), QuantConfig(w="ternary", a=4, first="same",
                                                      last="8bit")).eval(),
     }
     return {name: save_packed(m, folder / f"{name}.safetensors") for name, m in models.items()}

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from netshrink.core import stage_from_description
-from netshrink.quant import QuantConfig, calibrate_act_clips, quantize
+from netshrink.quant import QuantConfig, calibrate_act_clips_, quantize_
 from netshrink.quant.quantize import QuantizeStage
 
 
@@ -24,8 +24,8 @@ def _model() -> nn.Module:
 @pytest.mark.parametrize("percentile", [90.0, 99.0])
 def test_clip_covers_the_percentile_of_a_known_distribution(percentile):
     """Inputs uniform on [0, 10]: the p-th percentile is p / 10."""
-    model = quantize(_model(), QuantConfig(w=32, a=8, first="same", last="float"))
-    clips = calibrate_act_clips(model, [x for x, _ in _uniform_batches()], percentile)
+    model = quantize_(_model(), QuantConfig(w=32, a=8, first="same", last="float"))
+    clips = calibrate_act_clips_(model, [x for x, _ in _uniform_batches()], percentile)
     assert set(clips) == {"0"}
     assert clips["0"] == pytest.approx(percentile / 10.0, abs=0.05)
     assert model[0].input_quant.clip == clips["0"]
@@ -66,7 +66,7 @@ def test_calibration_sees_unclipped_batch_normalised_activations_and_keeps_buffe
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU(),
                           nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
-    quantize(model, QuantConfig(w=32, a=2, first="same", a_clip=0.01))
+    quantize_(model, QuantConfig(w=32, a=2, first="same", a_clip=0.01))
     model.eval()
     buffers = {k: v.clone() for k, v in model.state_dict().items()}
     x = _uniform_batches(1)[0][0]
@@ -76,7 +76,7 @@ def test_calibration_sees_unclipped_batch_normalised_activations_and_keeps_buffe
         h = torch.relu(nn.functional.batch_norm(first, None, None, bn.weight, bn.bias,
                                                 training=True, eps=bn.eps))
         expected = torch.quantile(h.reshape(-1), 0.99).item()
-    clips = calibrate_act_clips(model, [x], 99.0)
+    clips = calibrate_act_clips_(model, [x], 99.0)
     assert clips["3"] == pytest.approx(expected, rel=1e-4)
     assert clips["0"] == pytest.approx(9.9, abs=0.1)
     assert not model.training and not model[1].training
@@ -92,8 +92,8 @@ def test_calibration_with_quantized_weights_gives_clips_of_normalised_activation
     layers: list[nn.Module] = [nn.Linear(16, 32)]
     for _ in range(5):
         layers += [nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 32)]
-    model = quantize(nn.Sequential(*layers), QuantConfig(w=4, a=4))
-    clips = calibrate_act_clips(model, [torch.randn(256, 16)], 99.9)
+    model = quantize_(nn.Sequential(*layers), QuantConfig(w=4, a=4))
+    clips = calibrate_act_clips_(model, [torch.randn(256, 16)], 99.9)
     assert len(clips) == 4 and all(0.5 < c < 5.0 for c in clips.values()), clips
 
 

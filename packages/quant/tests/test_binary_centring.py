@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from netshrink.quant import QuantConfig, constrain_latent_weights, quantize
+from netshrink.quant import QuantConfig, constrain_latent_weights_, quantize_
 from netshrink.quant.quantizers import BinaryWeight
 
 # one output channel, two input channels, a 1x2 kernel: w[o, i, 0, k]
@@ -16,7 +16,7 @@ def _conv_model(centring: str) -> nn.Module:
     conv = nn.Conv2d(2, 1, (1, 2), bias=False)
     with torch.no_grad():
         conv.weight.copy_(_W)
-    return quantize(nn.Sequential(conv), QuantConfig(w="binary", a=32, first="same",
+    return quantize_(nn.Sequential(conv), QuantConfig(w="binary", a=32, first="same",
                                                      last="same", binary_centring=centring))
 
 
@@ -37,11 +37,11 @@ def test_none_only_clips_and_centring_is_idempotent():
     model = _conv_model("none")
     with torch.no_grad():
         model[0].weight.mul_(4.0)
-    constrain_latent_weights(model)
+    constrain_latent_weights_(model)
     torch.testing.assert_close(model[0].weight.data, (_W * 4).clamp(-1, 1))
     centred = _conv_model("kernel_position")
     before = centred[0].weight.detach().clone()
-    constrain_latent_weights(centred)
+    constrain_latent_weights_(centred)
     torch.testing.assert_close(centred[0].weight.data, before)
 
 
@@ -49,7 +49,7 @@ def test_kernel_position_on_a_transposed_conv_uses_its_input_channels():
     conv = nn.ConvTranspose2d(2, 1, (1, 2), bias=False)  # weight (in, out, 1, 2)
     with torch.no_grad():
         conv.weight.copy_(_W.transpose(0, 1))
-    model = quantize(nn.Sequential(conv), QuantConfig(
+    model = quantize_(nn.Sequential(conv), QuantConfig(
         w="binary", a=32, first="same", last="same", binary_centring="kernel_position"))
     expected = torch.tensor([[[[0.2, 0.2]], [[-0.2, -0.2]]]]).transpose(0, 1)
     torch.testing.assert_close(model[0].weight.data, expected, rtol=0, atol=1e-7)

@@ -15,7 +15,7 @@ from netshrink.quant import (
     WEIGHT_QUANTIZERS,
     QuantConfig,
     load_packed,
-    quantize,
+    quantize_,
     quantized_layers,
     save_packed,
 )
@@ -104,7 +104,7 @@ def test_unregistered_scheme_is_rejected_with_the_registered_names():
 
 def test_registered_quantizer_is_used_and_trains(maxabs):
     config = QuantConfig(w=4, a=4, first="same", last="same", scheme="test_maxabs")
-    model = quantize(_cnn(), config)
+    model = quantize_(_cnn(), config)
     layers = quantized_layers(model)
     assert len(layers) == 3
     assert all(isinstance(m.weight_quant, MaxAbsWeight) for _, m in layers)
@@ -127,7 +127,7 @@ def test_registered_quantizer_is_used_and_trains(maxabs):
 
 
 def test_registered_quantizer_packs_and_loads_bit_identically(maxabs, tmp_path):
-    model = quantize(_cnn(), QuantConfig(w=4, a=4, first="same", scheme="test_maxabs"))
+    model = quantize_(_cnn(), QuantConfig(w=4, a=4, first="same", scheme="test_maxabs"))
     model.train()
     model(torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2)))
     model.eval()
@@ -159,7 +159,7 @@ def test_registered_kbit_act_quantizer_and_estimator():
     try:
         config = QuantConfig(w=4, a=4, first="same", a_quantizer="test_clip2",
                              a_estimator="test_half_ste")
-        model = quantize(_cnn(), config)
+        model = quantize_(_cnn(), config)
         (_, first), *_ = quantized_layers(model)
         assert first.input_quant.clip == 2.0
         x = torch.rand(2, 3, 8, 8, requires_grad=True)

@@ -12,10 +12,10 @@ from netshrink.quant import (
     QuantConfig,
     QuantConvBn2d,
     QuantizeStage,
-    freeze_bn_stats,
-    freeze_observers,
+    freeze_bn_stats_,
+    freeze_observers_,
     load_packed,
-    quantize,
+    quantize_,
     quantized_layers,
     save_packed,
 )
@@ -94,13 +94,13 @@ def test_frozen_bn_still_trains_gamma_beta_and_weight():
 
 
 def test_freeze_observers_keeps_range_and_scale():
-    model = quantize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+    model = quantize_(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
                                    nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
                                    nn.Flatten(), nn.Linear(64, 2)),
                      QuantConfig(w=8, a=8, scheme="int8_affine", first="same", last="same"))
     model.train()(X)
     acts = [m.input_quant for _, m in quantized_layers(model)]
-    assert freeze_observers(model) == 3
+    assert freeze_observers_(model) == 3
     before = [(a.observer.min_val.clone(), a.observer.max_val.clone(), *a.params())
               for a in acts]
     model(X2 * 5)
@@ -115,14 +115,14 @@ def test_freeze_observers_keeps_range_and_scale():
 
 
 def test_helpers_count_and_ignore_other_layers(make_small_cnn):
-    model = quantize(make_small_cnn(), INT8)
-    assert freeze_bn_stats(model) == 3  # the folded pairs whose conv is quantized
-    assert freeze_bn_stats(model) == 3  # idempotent
+    model = quantize_(make_small_cnn(), INT8)
+    assert freeze_bn_stats_(model) == 3  # the folded pairs whose conv is quantized
+    assert freeze_bn_stats_(model) == 3  # idempotent
     plain = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)
              and not any(m is c.bn for c in model.modules() if isinstance(c, QuantConvBn2d))]
     assert plain and all(m.training for m in plain)  # unfolded BatchNorms are left alone
-    dorefa = quantize(make_small_cnn(), QuantConfig(w=4, a=4))
-    assert freeze_bn_stats(dorefa) == 0 and freeze_observers(dorefa) == 0
+    dorefa = quantize_(make_small_cnn(), QuantConfig(w=4, a=4))
+    assert freeze_bn_stats_(dorefa) == 0 and freeze_observers_(dorefa) == 0
 
 
 def _is_frozen(model: nn.Module) -> tuple[bool, bool]:
@@ -143,7 +143,7 @@ def test_stage_after_epoch_applies_the_freezes(make_small_cnn):
     assert _is_frozen(model) == (True, True)
     stage.after_epoch(model, 2, 5)  # idempotent
     assert _is_frozen(model) == (True, True)
-    from_start = quantize(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine",
+    from_start = quantize_(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine",
                                                         freeze_bn_after=0))
     assert _is_frozen(from_start) == (True, False)
     never = QuantizeStage(INT8)
@@ -181,14 +181,14 @@ def test_frozen_state_survives_state_dict_and_packing(tmp_path, make_small_cnn):
 
 
 def test_frozen_qat_model_trains(make_small_cnn):
-    model = quantize(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine"))
+    model = quantize_(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine"))
     y = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1))
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
     losses = []
     for step in range(20):
         if step == 5:
-            freeze_observers(model)
-            freeze_bn_stats(model)
+            freeze_observers_(model)
+            freeze_bn_stats_(model)
         loss = F.cross_entropy(model.train()(X), y)
         opt.zero_grad()
         loss.backward()

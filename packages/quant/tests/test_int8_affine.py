@@ -17,10 +17,10 @@ from netshrink.quant import (
     QuantConv2d,
     QuantConvBn2d,
     find_conv_bn_pairs,
-    freeze_observers,
+    freeze_observers_,
     list_observers,
     load_packed,
-    quantize,
+    quantize_,
     quantized_layers,
     save_packed,
 )
@@ -101,7 +101,7 @@ def test_activation_quantizer_range_freezing_and_gradient():
     q(torch.tensor([-2.0, 0.0, 3.0]))
     scale, zp = q.params()
     assert scale.item() == pytest.approx(5.0 / 255) and zp.item() == 102.0
-    freeze_observers(nn.Sequential(q))
+    freeze_observers_(nn.Sequential(q))
     x = torch.tensor([-3.0, 0.0, 2.9, 4.0], requires_grad=True)
     y = q(x)
     assert (q.observer.min_val.item(), q.observer.max_val.item()) == (-2.0, 3.0)  # frozen
@@ -117,7 +117,7 @@ def test_activation_quantizer_range_freezing_and_gradient():
 def test_conv_bn_pairs_found_and_folded(make_small_cnn):
     model = make_small_cnn()
     assert find_conv_bn_pairs(model) == {"0": "1", "3": "4", "7": "8", "13": "14"}
-    quantize(model, QuantConfig(w=8, a=8, scheme="int8_affine"))
+    quantize_(model, QuantConfig(w=8, a=8, scheme="int8_affine"))
     assert isinstance(model[1], nn.BatchNorm2d)  # the first conv stays float
     assert isinstance(model[3], QuantConvBn2d) and isinstance(model[4], nn.Identity)
     assert type(model[10]).__name__ == "QuantConvTranspose2d"
@@ -184,14 +184,14 @@ def test_conv_bn_training_and_eval_math():
 
 
 def test_int8_qat_trains_packs_and_deploys_as_plain_convs(tmp_path, make_small_cnn):
-    model = quantize(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine"))
+    model = quantize_(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine"))
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
     losses = []
     for step in range(20):
         if step == 15:
-            assert freeze_observers(model) == 5
+            assert freeze_observers_(model) == 5
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()

@@ -21,9 +21,9 @@ from netshrink.quant import (
     QuantLinear,
     TernaryAct,
     TernaryWeight,
-    calibrate,
-    convert_fp16,
-    quantize,
+    calibrate_,
+    convert_fp16_,
+    quantize_,
     quantized_layers,
 )
 
@@ -45,7 +45,7 @@ FORMS = {
 def _trained(make_small_cnn, name):
     """A quantized small CNN after two training forwards (observers, LSQ steps, ternary
     state set), in eval mode."""
-    model = quantize(make_small_cnn(), FORMS[name])
+    model = quantize_(make_small_cnn(), FORMS[name])
     model.train()
     with torch.no_grad():
         model(X)
@@ -54,7 +54,7 @@ def _trained(make_small_cnn, name):
 
 
 def _calibrated(make_small_cnn, per_channel, symmetric):
-    return calibrate(make_small_cnn(), [X, X * 0.5], per_channel=per_channel,
+    return calibrate_(make_small_cnn(), [X, X * 0.5], per_channel=per_channel,
                      symmetric=symmetric)
 
 
@@ -207,16 +207,16 @@ def test_kbit_activation_forms_match_to_ties(quantizer):
 
 
 def test_layers_without_an_integer_form(make_small_cnn):
-    fp16 = convert_fp16(make_small_cnn())
+    fp16 = convert_fp16_(make_small_cnn())
     assert all(layer.integer_form() is None for _, layer in quantized_layers(fp16))
-    act_only = quantize(make_small_cnn(), QuantConfig(w=32, a=4))
+    act_only = quantize_(make_small_cnn(), QuantConfig(w=32, a=4))
     assert all(layer.integer_form() is None for _, layer in quantized_layers(act_only))
-    w_fp16_a4 = quantize(make_small_cnn(), QuantConfig(w=4, a=16))
+    w_fp16_a4 = quantize_(make_small_cnn(), QuantConfig(w=4, a=16))
     assert all(layer.integer_form() is None for _, layer in quantized_layers(w_fp16_a4))
 
 
 def test_forms_that_cannot_be_described_say_why(make_small_cnn):
-    untouched = quantize(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine"))
+    untouched = quantize_(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine"))
     layer = dict(quantized_layers(untouched))["3"]
     with pytest.raises(ValueError, match="observed no range"):
         layer.integer_form()

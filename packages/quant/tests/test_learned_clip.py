@@ -20,7 +20,7 @@ from netshrink.quant import (
     QuantizeStage,
     load_packed,
     packed_size,
-    quantize,
+    quantize_,
     quantized_layers,
     read_structure,
     save_packed,
@@ -160,7 +160,7 @@ def test_lsq_initialised_flag_travels_with_the_state_dict():
 @pytest.mark.parametrize(("name", "cls", "param"), [("pact", PACTAct, "alpha"),
                                                     ("lsq", LSQAct, "step_size")])
 def test_quantize_gives_each_layer_its_own_learned_parameter(make_small_cnn, name, cls, param):
-    model = quantize(make_small_cnn(), QuantConfig(w=4, a=2, a_quantizer=name, a_clip=2.0,
+    model = quantize_(make_small_cnn(), QuantConfig(w=4, a=2, a_quantizer=name, a_clip=2.0,
                                                    last="8bit"))
     layers = quantized_layers(model)
     assert all(isinstance(m.input_quant, cls) for _, m in layers)  # the 8-bit last one too
@@ -180,7 +180,7 @@ def test_quantize_gives_each_layer_its_own_learned_parameter(make_small_cnn, nam
 def test_pack_round_trip_is_bit_identical_and_counts_the_learned_value(tmp_path, make_small_cnn,
                                                                        name):
     cfg = QuantConfig(w="ternary", a=3, a_quantizer=name, first="same", last="8bit")
-    model = quantize(make_small_cnn(), cfg)
+    model = quantize_(make_small_cnn(), cfg)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(3):  # move the learned values away from their start
         opt.zero_grad()
@@ -200,7 +200,7 @@ def test_pack_round_trip_is_bit_identical_and_counts_the_learned_value(tmp_path,
     assert read_structure(path)["modules"]["3"]["input_quant"] == {
         "kind": name, "bits": 3, "clip": 1.0}
     # the learned value is a float32 per layer (LSQ adds its one-byte initialised flag)
-    base = packed_size(quantize(make_small_cnn(), QuantConfig(w="ternary", a=3, first="same",
+    base = packed_size(quantize_(make_small_cnn(), QuantConfig(w="ternary", a=3, first="same",
                                                               last="8bit")).eval())
     n = len(quantized_layers(model))
     extra = 4 * n if name == "pact" else 5 * n

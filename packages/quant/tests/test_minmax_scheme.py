@@ -4,7 +4,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from netshrink.quant import QuantConfig, list_schemes, load_packed, quantize, save_packed
+from netshrink.quant import QuantConfig, list_schemes, load_packed, quantize_, save_packed
 from netshrink.quant.quantizers import AffineWeight
 from netshrink.quant.quantizers.minmax import MinMaxUint8Scheme
 
@@ -42,7 +42,7 @@ def test_every_layer_packs_one_byte_per_weight_and_reloads_identically(tmp_path)
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
     weights = sum(m.weight.numel() for m in model if isinstance(m, (nn.Conv2d, nn.Linear)))
-    q = quantize(model, QuantConfig(w=8, a=32, scheme="uint8_minmax", first="same",
+    q = quantize_(model, QuantConfig(w=8, a=32, scheme="uint8_minmax", first="same",
                                     last="same")).eval()
     packed = save_packed(q, tmp_path / "uint8.safetensors")
     with safe_open(str(packed), "pt") as f:  # every weight is one uint8 code

@@ -13,10 +13,10 @@ from netshrink.quant import (  # noqa: E402
     PRECISIONS,
     QuantConfig,
     QuantizeStage,
-    constrain_latent_weights,
+    constrain_latent_weights_,
     load_packed,
     packed_size,
-    quantize,
+    quantize_,
     quantized_layers,
     save_packed,
 )
@@ -30,7 +30,7 @@ Y16 = torch.randint(0, 10, (16,), generator=GEN)
 @pytest.mark.parametrize("w", PRECISIONS)
 def test_nin_every_combination_lowers_the_loss(w, a):
     torch.manual_seed(0)
-    model = quantize(create_model("nin", width=0.125), QuantConfig(w=w, a=a))
+    model = quantize_(create_model("nin", width=0.125), QuantConfig(w=w, a=a))
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
     losses = []
     for _ in range(20):
@@ -38,7 +38,7 @@ def test_nin_every_combination_lowers_the_loss(w, a):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        constrain_latent_weights(model)
+        constrain_latent_weights_(model)
         losses.append(loss.item())
     # worst case measured (W binary, A binary): 0.93; the float model: 0.2
     assert losses[-1] < 0.97 * losses[0], losses
@@ -46,7 +46,7 @@ def test_nin_every_combination_lowers_the_loss(w, a):
 
 def test_nin_int8_affine_qat_lowers_the_loss():
     torch.manual_seed(0)
-    model = quantize(create_model("nin", width=0.125),
+    model = quantize_(create_model("nin", width=0.125),
                      QuantConfig(w=8, a=8, scheme="int8_affine"))
     assert sum(type(m).__name__ == "QuantConvBn2d" for _, m in quantized_layers(model)) == 7
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
@@ -64,7 +64,7 @@ def test_nin_int8_affine_qat_lowers_the_loss():
 @pytest.mark.parametrize(("w", "a"), [(4, 4), ("ternary", 2)])
 def test_nin_learned_activation_clip_trains(name, w, a):
     torch.manual_seed(0)
-    model = quantize(create_model("nin", width=0.25),
+    model = quantize_(create_model("nin", width=0.25),
                      QuantConfig(w=w, a=a, a_quantizer=name))
     param = "alpha" if name == "pact" else "step_size"
     learned = [getattr(m.input_quant, param) for _, m in quantized_layers(model)]
@@ -90,7 +90,7 @@ def test_nin_learned_activation_clip_trains(name, w, a):
     (8, 8, "int8_affine")])
 def test_torchvision_forward_backward(name, w, a, scheme):
     torch.manual_seed(0)
-    model = quantize(create_model(name), QuantConfig(w=w, a=a, bn_momentum=0.01,
+    model = quantize_(create_model(name), QuantConfig(w=w, a=a, bn_momentum=0.01,
                                                      scheme=scheme))
     n_layers = len(quantized_layers(model))
     assert n_layers == (19 if name == "tv:resnet18" else 51)
@@ -131,7 +131,7 @@ def _prune_nin(model: nn.Module, keep: dict[int, int]) -> nn.Module:
 def test_pruned_model_quantizes_trains_and_packs(tmp_path):
     torch.manual_seed(0)
     model = _prune_nin(create_model("nin", width=0.25), {1: 37, 4: 29, 7: 41})
-    quantize(model, QuantConfig(w="ternary", a=2, ternary_gap=0.1))
+    quantize_(model, QuantConfig(w="ternary", a=2, ternary_gap=0.1))
     x = torch.randn(4, 3, 16, 16, generator=GEN)
     model(x).sum().backward()
     assert quantized_layers(model)[0][1].in_channels == 37
@@ -163,7 +163,7 @@ def test_checkpoint_round_trip_through_the_stage(tmp_path, name, config):
 @pytest.mark.parametrize("w", [8, 2, "ternary", "binary"])
 def test_zoo_packed_sizes_and_outputs(tmp_path, name, kwargs, w):
     torch.manual_seed(0)
-    model = quantize(create_model(name, **kwargs), QuantConfig(w=w, a="binary")).eval()
+    model = quantize_(create_model(name, **kwargs), QuantConfig(w=w, a="binary")).eval()
     path = save_packed(model, tmp_path / "m.safetensors")
     expected = packed_size(model).total
     assert abs(os.path.getsize(path) - expected) / expected < 0.02

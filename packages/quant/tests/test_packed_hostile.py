@@ -24,7 +24,7 @@ from netshrink.quant import (
     QuantConfig,
     StructureError,
     load_packed,
-    quantize,
+    quantize_,
     save_packed,
 )
 from netshrink.quant.structure import (
@@ -276,7 +276,7 @@ def test_negative_offset_names_the_tensor(files, tmp_path):
 
 # saving ----------------------------------------------------------------------------------------
 def test_nan_model_refuses_to_pack(tmp_path, make_small_cnn):
-    model = quantize(make_small_cnn(), QuantConfig(w=4, a=4)).eval()
+    model = quantize_(make_small_cnn(), QuantConfig(w=4, a=4)).eval()
     with torch.no_grad():
         model[3].weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"'3\.weight'.*NaN"):
@@ -290,7 +290,7 @@ def test_nan_model_refuses_to_pack(tmp_path, make_small_cnn):
 
 def test_unobserved_int8_ranges_still_pack(tmp_path, make_small_cnn):
     """An observer that saw no data holds +-inf on purpose: that is not refused (NaN is)."""
-    model = quantize(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine")).eval()
+    model = quantize_(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine")).eval()
     loaded = load_packed(save_packed(model, tmp_path / "ok.st"))
     assert torch.equal(loaded(H.X), model(H.X))
     name, observer = next((n, m) for n, m in model.named_modules() if n.endswith("observer"))
@@ -339,7 +339,7 @@ def test_zoo_models_pack_and_load_bit_identical(tmp_path, name):
     models = pytest.importorskip("netshrink.models")
     torch.manual_seed(0)
     kwargs = {"width": 0.25} if name in ("nin", "nin_gc", "resnet18_cifar") else {}
-    model = quantize(models.create_model(name, **kwargs), QuantConfig(w=2, a=4)).eval()
+    model = quantize_(models.create_model(name, **kwargs), QuantConfig(w=2, a=4)).eval()
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     loaded = load_packed(save_packed(model, tmp_path / "z.st"))
     assert torch.equal(loaded(x), model(x))

@@ -15,7 +15,7 @@ from netshrink.quant import (
     StructureError,
     load_packed,
     packed_size,
-    quantize,
+    quantize_,
     quantized_layers,
     read_structure,
     save_packed,
@@ -36,7 +36,7 @@ def _trained_a_little(model: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("w", PRECISIONS)
 def test_round_trip_is_bit_identical(tmp_path, make_small_cnn, w, a):
     cfg = QuantConfig(w=w, a=a, first="same", last="8bit", ternary_gap=0.1)
-    model = _trained_a_little(quantize(make_small_cnn(), cfg))
+    model = _trained_a_little(quantize_(make_small_cnn(), cfg))
     path = save_packed(model, tmp_path / "m.safetensors")
     loaded = load_packed(path)
     assert not loaded.training
@@ -51,13 +51,13 @@ def test_round_trip_is_bit_identical(tmp_path, make_small_cnn, w, a):
 @pytest.mark.parametrize(("first", "last"), [("float", "float"), ("8bit", "same")])
 def test_int8_affine_round_trip(tmp_path, make_small_cnn, first, last):
     cfg = QuantConfig(w=8, a=8, scheme="int8_affine", first=first, last=last)
-    model = _trained_a_little(quantize(make_small_cnn(), cfg))
+    model = _trained_a_little(quantize_(make_small_cnn(), cfg))
     loaded = load_packed(save_packed(model, tmp_path / "i.safetensors"))
     assert torch.equal(loaded(X), model(X))
 
 
 def test_folded_layers_round_trip(tmp_path, make_small_cnn):
-    model = quantize(make_small_cnn(), QuantConfig(w="ternary", a="binary"))
+    model = quantize_(make_small_cnn(), QuantConfig(w="ternary", a="binary"))
     for _, layer in quantized_layers(model):
         n = layer.num_out_channels
         layer.fold_affine(torch.linspace(-1, 2, n), torch.linspace(0, 1, n))
@@ -67,7 +67,7 @@ def test_folded_layers_round_trip(tmp_path, make_small_cnn):
 
 
 def test_fold_after_load_and_save_again(tmp_path, make_small_cnn):
-    model = _trained_a_little(quantize(make_small_cnn(), QuantConfig(w=2, a="binary")))
+    model = _trained_a_little(quantize_(make_small_cnn(), QuantConfig(w=2, a="binary")))
     loaded = load_packed(save_packed(model, tmp_path / "a.safetensors"))
     layer = dict(quantized_layers(loaded))["3"]
     codes = layer.weight_quant.codes.clone()
@@ -82,7 +82,7 @@ def test_fold_after_load_and_save_again(tmp_path, make_small_cnn):
 
 @pytest.mark.parametrize("w", [8, 4, 3, 2, "ternary", "binary", 16])
 def test_file_size_within_two_percent_of_formula(tmp_path, make_wide_cnn, w):
-    model = quantize(make_wide_cnn(), QuantConfig(w=w, a=4))
+    model = quantize_(make_wide_cnn(), QuantConfig(w=w, a=4))
     path = save_packed(model, tmp_path / "w.safetensors")
     expected = packed_size(model)
     size = os.path.getsize(path)
@@ -98,7 +98,7 @@ def test_file_size_within_two_percent_of_formula(tmp_path, make_wide_cnn, w):
 
 
 def test_structure_is_json_without_pickle(tmp_path, make_small_cnn):
-    model = quantize(make_small_cnn(), QuantConfig(w=2, a="binary"))
+    model = quantize_(make_small_cnn(), QuantConfig(w=2, a="binary"))
     path = save_packed(model, tmp_path / "s.safetensors")
     doc = read_structure(path)
     assert doc["format"] == "netshrink-packed" and doc["version"] == 1
@@ -121,7 +121,7 @@ def test_bad_files(tmp_path, make_small_cnn):
     junk.write_bytes(b"\x80\x04not a safetensors file")
     with pytest.raises(PackedFileError, match="not a readable packed model"):
         load_packed(junk)
-    good = save_packed(quantize(make_small_cnn(), QuantConfig(w=2, a=2)), tmp_path / "g.st")
+    good = save_packed(quantize_(make_small_cnn(), QuantConfig(w=2, a=2)), tmp_path / "g.st")
     truncated = tmp_path / "t.st"
     truncated.write_bytes(good.read_bytes()[:-100])
     with pytest.raises(PackedFileError):
@@ -138,7 +138,7 @@ class _Untraceable(nn.Module):
 
 
 def test_untraceable_model_is_a_clear_error_and_leaves_no_file(tmp_path):
-    model = quantize(_Untraceable(), QuantConfig(w=2, a=2, first="same", last="same"))
+    model = quantize_(_Untraceable(), QuantConfig(w=2, a=2, first="same", last="same"))
     with pytest.raises(StructureError, match="cannot be traced"):
         save_packed(model, tmp_path / "u.safetensors")
     assert list(tmp_path.iterdir()) == []
@@ -159,7 +159,7 @@ class _Scaled(nn.Module):
 def test_custom_modules_are_traced_through(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(_Scaled(), nn.Linear(144, 5), nn.Linear(5, 2))
-    quantize(model, QuantConfig(w="binary", a=8)).eval()
+    quantize_(model, QuantConfig(w="binary", a=8)).eval()
     loaded = load_packed(save_packed(model, tmp_path / "c.safetensors"))
     assert torch.equal(loaded(X), model(X))
 
@@ -179,7 +179,7 @@ def test_torch_subclass_leaf_is_rejected(tmp_path):
             return self.lin(self.conv(x).mean((2, 3)))
 
     _MyConv.__module__ = "torch.nn.custom"  # pretend it is a torch.nn leaf
-    model = quantize(Leafy(), QuantConfig(w=2, a=2, first="same", last="same"))
+    model = quantize_(Leafy(), QuantConfig(w=2, a=2, first="same", last="same"))
     with pytest.raises(StructureError, match="only torch.nn classes"):
         save_packed(model, tmp_path / "l.safetensors")
 

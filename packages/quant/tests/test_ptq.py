@@ -8,12 +8,12 @@ from netshrink.quant import (
     AffineWeight,
     HalfWeight,
     QuantConfig,
-    calibrate,
-    convert_fp16,
+    calibrate_,
+    convert_fp16_,
     load_packed,
     packed_size,
-    quantize,
-    quantize_weights_uint8,
+    quantize_,
+    quantize_weights_uint8_,
     quantized_layers,
     save_packed,
 )
@@ -42,7 +42,7 @@ def test_calibrate(tmp_path, make_small_cnn, observer, per_channel, symmetric):
     model = _trained_like(make_small_cnn())
     with torch.no_grad():
         reference = model(X)
-    calibrate(model, BATCHES, observer=observer, per_channel=per_channel, symmetric=symmetric)
+    calibrate_(model, BATCHES, observer=observer, per_channel=per_channel, symmetric=symmetric)
     layers = quantized_layers(model)
     assert len(layers) == 7  # every layer, first and last included
     first = layers[0][1]
@@ -70,14 +70,14 @@ def test_calibrate(tmp_path, make_small_cnn, observer, per_channel, symmetric):
 
 def test_calibrate_errors(make_small_cnn):
     with pytest.raises(ValueError, match="unknown observer 'kl'.*minmax, moving_average"):
-        calibrate(make_small_cnn(), BATCHES, observer="kl")
+        calibrate_(make_small_cnn(), BATCHES, observer="kl")
     with pytest.raises(ValueError, match="at least one batch"):
-        calibrate(make_small_cnn(), [])
+        calibrate_(make_small_cnn(), [])
     with pytest.raises(ValueError, match="symmetric='yes'"):
-        calibrate(make_small_cnn(), BATCHES, symmetric="yes")
-    calibrated = calibrate(make_small_cnn(), BATCHES[:1], first="float", last="float")
+        calibrate_(make_small_cnn(), BATCHES, symmetric="yes")
+    calibrated = calibrate_(make_small_cnn(), BATCHES[:1], first="float", last="float")
     assert len(quantized_layers(calibrated)) == 5
-    assert not calibrate(make_small_cnn(), [(b, None) for b in BATCHES]).training  # (x, y)
+    assert not calibrate_(make_small_cnn(), [(b, None) for b in BATCHES]).training  # (x, y)
 
 
 def test_weight_only_uint8_and_fp16(tmp_path, make_wide_cnn):
@@ -86,14 +86,14 @@ def test_weight_only_uint8_and_fp16(tmp_path, make_wide_cnn):
                     and m.weight is not None and m.weight.dim() > 1)
     with torch.no_grad():
         reference = model(X)
-    uint8 = quantize_weights_uint8(_trained_like(make_wide_cnn()))
+    uint8 = quantize_weights_uint8_(_trained_like(make_wide_cnn()))
     assert all(isinstance(m.weight_quant, AffineWeight) and not m.weight_quant.symmetric
                and m.input_quant is None for _, m in quantized_layers(uint8))
     with torch.no_grad():
         assert _rel_err(uint8(X), reference) < 0.02
     size = packed_size(uint8)
     assert size.code_bytes == n_weights
-    fp16 = convert_fp16(_trained_like(make_wide_cnn()))
+    fp16 = convert_fp16_(_trained_like(make_wide_cnn()))
     assert all(isinstance(m.weight_quant, HalfWeight) for _, m in quantized_layers(fp16))
     with torch.no_grad():
         assert _rel_err(fp16(X), reference) < 1e-3
@@ -105,7 +105,7 @@ def test_weight_only_uint8_and_fp16(tmp_path, make_wide_cnn):
 # calibrate on a model that is already quantized -------------------------------------------------
 def _int8_qat(make_small_cnn, steps: int = 3):
     """A small int8 affine QAT model after a few training steps (observers have moved)."""
-    model = quantize(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine",
+    model = quantize_(make_small_cnn(), QuantConfig(w=8, a=8, scheme="int8_affine",
                                                    first="same"))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     for b in BATCHES[:steps]:
@@ -127,7 +127,7 @@ def test_calibrate_qat_model_remeasures_ranges_only(make_small_cnn):
     model = _int8_qat(make_small_cnn)
     before = _not_ranges(model)
     new_data = [b * 3 + 1 for b in BATCHES]  # e.g. the data changed
-    assert calibrate(model, new_data) is model and not model.training
+    assert calibrate_(model, new_data) is model and not model.training
     after = _not_ranges(model)
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)  # weights, BN untouched
@@ -142,9 +142,9 @@ def test_calibrate_qat_model_remeasures_ranges_only(make_small_cnn):
     assert first.observer.min_val.item() == pytest.approx(lo.item(), rel=1e-6)
     assert first.observer.max_val.item() == pytest.approx(hi.item(), rel=1e-6)
     assert int(first.observer.batches) == 4
-    calibrate(model, new_data, momentum=0.5)  # options alone: the same kind, new options
+    calibrate_(model, new_data, momentum=0.5)  # options alone: the same kind, new options
     assert first.observer.spec() == {"observer": "moving_average", "momentum": 0.5}
-    calibrate(model, new_data, observer="minmax")  # another kind on request
+    calibrate_(model, new_data, observer="minmax")  # another kind on request
     assert first.observer.spec() == {"observer": "minmax"}
     data = torch.cat(new_data)
     assert (first.observer.min_val.item(), first.observer.max_val.item()) == \
@@ -155,39 +155,39 @@ def test_calibrate_qat_model_remeasures_ranges_only(make_small_cnn):
 
 def test_calibrate_loaded_packed_and_calibrated_models(tmp_path, make_small_cnn):
     model = _trained_like(make_small_cnn())
-    calibrate(model, BATCHES[:1], observer="minmax")
-    calibrate(model, BATCHES, observer="minmax")  # calibrating again measures all batches
+    calibrate_(model, BATCHES[:1], observer="minmax")
+    calibrate_(model, BATCHES, observer="minmax")  # calibrating again measures all batches
     data = torch.cat(BATCHES)
     assert _first_act(model).observer.max_val.item() == data.max().item()
     loaded = load_packed(save_packed(model.eval(), tmp_path / "c.safetensors"))
     assert torch.equal(loaded(X), model(X))
     codes = [m.weight_quant.codes.clone() for _, m in quantized_layers(loaded)]
-    calibrate(loaded, [b * 2 for b in BATCHES])
+    calibrate_(loaded, [b * 2 for b in BATCHES])
     assert _first_act(loaded).observer.max_val.item() == 2 * data.max().item()
     assert all(torch.equal(m.weight_quant.codes, c)
                for (_, m), c in zip(quantized_layers(loaded), codes, strict=True))
 
 
 def test_calibrate_quantized_model_errors(make_small_cnn):
-    dorefa = quantize(make_small_cnn(), QuantConfig(w=4, a=4))
+    dorefa = quantize_(make_small_cnn(), QuantConfig(w=4, a=4))
     with pytest.raises(ValueError, match="layer '3' .* DoReFaAct \\('dorefa'\\), which has no "
                                          "measured range; calibrate supports a float model"):
-        calibrate(dorefa, BATCHES)
-    pact = quantize(make_small_cnn(), QuantConfig(w=8, a=8, a_quantizer="pact"))
+        calibrate_(dorefa, BATCHES)
+    pact = quantize_(make_small_cnn(), QuantConfig(w=8, a=8, a_quantizer="pact"))
     with pytest.raises(ValueError, match="PACTAct"):
-        calibrate(pact, BATCHES)
+        calibrate_(pact, BATCHES)
     with pytest.raises(ValueError, match="no layer quantizes its input with an affine"):
-        calibrate(quantize_weights_uint8(make_small_cnn()), BATCHES)
+        calibrate_(quantize_weights_uint8_(make_small_cnn()), BATCHES)
     model = _int8_qat(make_small_cnn)
     with pytest.raises(ValueError, match="already quantized.*per_channel=False, bits=4.*leave "
                                          "per_channel, bits at the default"):
-        calibrate(model, BATCHES, per_channel=False, bits=4)
+        calibrate_(model, BATCHES, per_channel=False, bits=4)
     with pytest.raises(ValueError, match="unknown observer 'kl'"):
-        calibrate(model, BATCHES, observer="kl")
+        calibrate_(model, BATCHES, observer="kl")
     first = _first_act(model)
     observer, lo = first.observer, first.observer.min_val.clone()
     with pytest.raises(ValueError, match="at least one batch"):
-        calibrate(model, [])
+        calibrate_(model, [])
     # a failed call leaves the model as it was: same observer, same range, still observing
     assert first.observer is observer and torch.equal(first.observer.min_val, lo)
     assert first.observe_in_training and not first.calibrating

@@ -1,4 +1,4 @@
-"""``quantize(model, config, precisions={layer: (w, a)})``: per-layer precisions (mixed
+"""``quantize_(model, config, precisions={layer: (w, a)})``: per-layer precisions (mixed
 precision), validated, and stored at each layer's own width in the packed file."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from netshrink.quant import (
     QuantConfig,
     TernaryWeight,
     load_packed,
-    quantize,
+    quantize_,
     quantized_layers,
     save_packed,
 )
@@ -33,7 +33,7 @@ ALL_SAME = QuantConfig(w=8, a=32, first="same", last="same")
 
 
 def test_each_layer_gets_its_own_precision() -> None:
-    model = quantize(_model(), ALL_SAME, precisions={"3": (2, 32), "6": ("ternary", 32),
+    model = quantize_(_model(), ALL_SAME, precisions={"3": (2, 32), "6": ("ternary", 32),
                                                      "11": (32, 32)})
     layers = dict(quantized_layers(model))
     assert layers["0"].weight_quant.bits == 8  # not listed: the config's precision
@@ -46,7 +46,7 @@ def test_each_layer_gets_its_own_precision() -> None:
 
 def test_override_beats_the_first_and_last_policies() -> None:
     config = QuantConfig(w=4, a=32)  # first and last float by default
-    model = quantize(_model(), config, precisions={"0": ("binary", 32), "11": (8, 32)})
+    model = quantize_(_model(), config, precisions={"0": ("binary", 32), "11": (8, 32)})
     layers = dict(quantized_layers(model))
     assert isinstance(layers["0"].weight_quant, BinaryWeight)
     assert layers["11"].weight_quant.bits == 8
@@ -55,8 +55,8 @@ def test_override_beats_the_first_and_last_policies() -> None:
 
 def test_packed_file_holds_each_layer_at_its_width(tmp_path) -> None:
     x = torch.randn(2, 3, 8, 8)
-    uniform = quantize(_model(), ALL_SAME)
-    mixed = quantize(_model(), ALL_SAME, precisions={"3": (2, 32), "6": ("binary", 32)})
+    uniform = quantize_(_model(), ALL_SAME)
+    mixed = quantize_(_model(), ALL_SAME, precisions={"3": (2, 32), "6": ("binary", 32)})
     a = save_packed(uniform, tmp_path / "uniform.safetensors").stat().st_size
     b = save_packed(mixed, tmp_path / "mixed.safetensors").stat().st_size
     # conv 3 (16*32*9 weights) saves 6 bits each, conv 6 (32*32*9) 7 bits each, less the
@@ -77,6 +77,6 @@ def test_packed_file_holds_each_layer_at_its_width(tmp_path) -> None:
 def test_bad_overrides_are_named(precisions, message) -> None:
     model = _model()
     with pytest.raises(ValueError, match=None) as info:
-        quantize(model, ALL_SAME, precisions=precisions)
+        quantize_(model, ALL_SAME, precisions=precisions)
     assert message in str(info.value)
     assert not quantized_layers(model)  # checked before anything was replaced

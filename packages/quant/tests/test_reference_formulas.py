@@ -11,8 +11,8 @@ from netshrink.quant import (
     BinaryWeight,
     QuantConfig,
     TernaryWeight,
-    constrain_latent_weights,
-    quantize,
+    constrain_latent_weights_,
+    quantize_,
     quantized_layers,
 )
 from netshrink.quant.estimators import ESTIMATORS
@@ -121,7 +121,7 @@ def test_constrain_latent_weights_matches_the_formula():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 6, 3, groups=2),
                           nn.Conv2d(6, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 3))
-    quantize(model, QuantConfig(w="binary", a=4, first="same", last="same"))
+    quantize_(model, QuantConfig(w="binary", a=4, first="same", last="same"))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(5).add_(1)
@@ -129,6 +129,6 @@ def test_constrain_latent_weights_matches_the_formula():
     for name, layer in quantized_layers(model):
         w2d = layer._out_major(layer.weight.detach())
         expected[name] = layer._from_out_major((w2d - w2d.mean(1, keepdim=True)).clamp(-1, 1))
-    constrain_latent_weights(model)
+    constrain_latent_weights_(model)
     for name, layer in quantized_layers(model):
         assert _same(layer.weight.detach(), expected[name]), name

@@ -1,4 +1,4 @@
-"""Issue 13, item 1: with binary / ternary activations, ``quantize`` removes only the ReLUs
+"""Issue 13, item 1: with binary / ternary activations, ``quantize_`` removes only the ReLUs
 whose output goes into a sign-like activation quantizer (read from the fx graph), not those
 whose output reaches only float or k-bit layers, BatchNorms or the output."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from netshrink.quant import QuantConfig, quantize
+from netshrink.quant import QuantConfig, quantize_
 
 
 def _relus(model: nn.Module) -> list[str]:
@@ -39,7 +39,7 @@ class _Net(nn.Module):
 
 @pytest.mark.parametrize("a", ["binary", "ternary"])
 def test_only_relus_feeding_a_sign_are_removed(a):
-    model = quantize(_Net(), QuantConfig(w="binary", a=a))
+    model = quantize_(_Net(), QuantConfig(w="binary", a=a))
     assert isinstance(model.relu1, nn.Identity)  # through the max-pool into conv2's sign
     assert _relus(model) == ["relu2", "relu_bn"]
     x = torch.randn(2, 3, 8, 8)
@@ -61,7 +61,7 @@ def test_relu_feeding_a_sign_and_a_float_layer_goes():
             h = self.relu(self.first(x))
             return self.last(torch.cat([self.mid(h), h], 1))
 
-    model = quantize(Fork(), QuantConfig(w=2, a="binary"))
+    model = quantize_(Fork(), QuantConfig(w=2, a="binary"))
     assert _relus(model) == []
     assert isinstance(model.relu, nn.Identity)
 
@@ -75,7 +75,7 @@ def test_nin_head_keeps_its_relus():
         nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
         nn.Conv2d(8, 10, 1), nn.BatchNorm2d(10), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    quantize(model, QuantConfig(w="binary", a="binary"))
+    quantize_(model, QuantConfig(w="binary", a="binary"))
     assert _relus(model) == ["9", "12"]
     assert all(isinstance(model[i], nn.Identity) for i in (2, 6))
 
@@ -95,5 +95,5 @@ def test_untraceable_model_falls_back_to_module_order():
                 x = x * 2
             return self.last(self.relu2(self.mid(self.relu1(self.first(x)))))
 
-    model = quantize(Dynamic(), QuantConfig(w=2, a="binary"))
+    model = quantize_(Dynamic(), QuantConfig(w=2, a="binary"))
     assert _relus(model) == ["relu2"]

@@ -5,7 +5,7 @@ import torch
 
 from netshrink.core import CodebookForm
 from netshrink.models import create_model
-from netshrink.prune import magnitude_prune
+from netshrink.prune import magnitude_prune_
 from netshrink.quant import load_packed, save_packed
 from netshrink.quant.packing import packed_size
 from netshrink.share import ShareConfig, ShareStage
@@ -17,7 +17,7 @@ def test_pruned_shared_nin_round_trips_and_coding_shrinks_the_file(tmp_path) -> 
     torch.manual_seed(0)
     model = create_model("nin", width=0.25).eval()
     float_file = save_packed(model, tmp_path / "float.pt").stat().st_size
-    magnitude_prune(model, 0.8)
+    magnitude_prune_(model, 0.8)
     ShareStage(ShareConfig(bits=4)).apply(model)
     expect = model(X)
     sizes = {}

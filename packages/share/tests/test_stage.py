@@ -7,7 +7,7 @@ import torch
 
 from netshrink.core import STAGES, ModelStats, stage_from_description
 from netshrink.models import create_model, load_model, save_model
-from netshrink.prune import magnitude_prune
+from netshrink.prune import magnitude_prune_
 from netshrink.share import SHARED_LAYERS, ShareConfig, ShareStage
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -31,7 +31,7 @@ def test_config_checks() -> None:
 def test_registered_described_and_rebuilt_through_a_checkpoint(tmp_path) -> None:
     assert STAGES.get("share.kmeans") is ShareStage
     model = _nin()
-    magnitude_prune(model, 0.6)
+    magnitude_prune_(model, 0.6)
     stage = ShareStage(ShareConfig(bits=4, skip=["features.conv1"]))
     shared = stage.apply(model)
     expect = shared(X)
@@ -52,7 +52,7 @@ def test_registered_described_and_rebuilt_through_a_checkpoint(tmp_path) -> None
 
 def test_pruned_model_keeps_its_zeros_and_the_stats_count_the_codebooks() -> None:
     model = _nin()
-    magnitude_prune(model, 0.8)
+    magnitude_prune_(model, 0.8)
     zeros = {n: (m.weight == 0).clone() for n, m in model.named_modules() if hasattr(m, "weight")
              and isinstance(m, torch.nn.Conv2d)}
     before = ModelStats.measure(model, X[:1])

@@ -11,7 +11,7 @@ from torch import nn
 
 from netshrink.bench.cli import validate
 from netshrink.bench.data import DeviceLoader, ImageData, load_dataset, resolve_data_root
-from netshrink.bnfuse import compare, fuse_with_report
+from netshrink.bnfuse import compare, fuse, fuse_report
 from netshrink.models import load_model
 
 
@@ -37,7 +37,8 @@ def fuse_check(
     check_fits(model, test, str(checkpoint))
     validate.check_runs_on(model, example, f"the model in {checkpoint}")
     loader = DeviceLoader(test, batch_size, device="cpu", train=False)
-    fused, fold_report = fuse_with_report(model, example_input=example)
+    fused = fuse(model, example_input=example)
+    fold_report = fuse_report(fused)
     cmp = compare(model, fused, loader)
     if as_json:
         print(json.dumps({"fuse": fold_report.as_dict(), "compare": cmp.as_dict()},

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from netshrink.core import FoldsAffine
+from netshrink.core import FoldsAffine, deprecated_alias
 
-#: Layers whose weight and bias ``fold_output_affine`` / ``fold_input_affine`` rewrite.
+#: Layers whose weight and bias ``fold_output_affine_`` / ``fold_input_affine_`` rewrite.
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_TYPES: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -73,7 +73,7 @@ def _ensure_bias(layer: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fold_output_affine(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
+def fold_output_affine_(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
     """Make a plain conv / transposed conv / linear ``layer`` compute ``y * scale + shift``
     (per output channel) instead of ``y``, by rewriting its weight and bias."""
     w = layer.weight
@@ -93,7 +93,7 @@ def fold_output_affine(layer: nn.Module, scale: torch.Tensor, shift: torch.Tenso
 
 
 @torch.no_grad()
-def fold_input_affine(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
+def fold_input_affine_(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
     """Make a plain conv or linear ``layer`` compute ``layer(x * scale + shift)`` (per input
     channel) from ``x``. Exact only when the layer does not zero-pad its input (the caller
     checks)."""
@@ -125,4 +125,9 @@ def apply_output_affine(layer: nn.Module, scale: torch.Tensor, shift: torch.Tens
         layer.fold_affine(scale.to(device=device, dtype=dtype),
                           shift.to(device=device, dtype=dtype))
     else:
-        fold_output_affine(layer, scale, shift)
+        fold_output_affine_(layer, scale, shift)
+
+
+# The former names (docs/api-conventions.md): importable, with a DeprecationWarning on each call.
+fold_output_affine = deprecated_alias(fold_output_affine_, "fold_output_affine")
+fold_input_affine = deprecated_alias(fold_input_affine_, "fold_input_affine")

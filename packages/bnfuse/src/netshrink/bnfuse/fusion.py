@@ -1,4 +1,5 @@
-"""fuse(): a new inference model with every foldable BatchNorm folded away.
+"""fuse(): a new inference model with every foldable BatchNorm folded away (the model given is
+left as it is).
 
 For each BatchNorm module in the traced graph, in this order of preference:
 
@@ -19,6 +20,7 @@ until nothing changes, so ``conv -> BN -> BN`` folds both.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +29,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from netshrink.bnfuse.binary_fold import is_max_pool, sign_only_reason, threshold_affine
-from netshrink.bnfuse.fold_math import apply_output_affine, bn_affine, fold_input_affine
+from netshrink.bnfuse.fold_math import apply_output_affine, bn_affine, fold_input_affine_
 from netshrink.bnfuse.graph import GraphView, consumer, producer
 from netshrink.bnfuse.report import FoldedBN, FuseReport, LeftBN
 from netshrink.core import check_choice
@@ -60,16 +62,10 @@ class FuseConfig:
 
 def fuse(model: nn.Module, config: FuseConfig | None = None, *,
          example_input: torch.Tensor | None = None) -> nn.Module:
-    """A fused copy of ``model`` in eval mode (``model`` is untouched); its report is the
-    ``netshrink_bnfuse_report`` attribute. ``example_input`` (optional) lets shape propagation
-    confirm that a linear layer's output is 2-D where the graph alone cannot tell."""
-    return fuse_with_report(model, config, example_input=example_input)[0]
-
-
-def fuse_with_report(model: nn.Module, config: FuseConfig | None = None, *,
-                     example_input: torch.Tensor | None = None,
-                     ) -> tuple[nn.Module, FuseReport]:
-    """``fuse`` that also returns the FuseReport."""
+    """A fused copy of ``model`` in eval mode (``model`` is untouched: no trailing ``_``, see
+    docs/api-conventions.md). What was folded and what was left, and why, is
+    ``fuse_report(fused)``. ``example_input`` (optional) lets shape propagation confirm that a
+    linear layer's output is 2-D where the graph alone cannot tell."""
     config = config or FuseConfig()
     fused = copy.deepcopy(model).eval()
     bn_names = [n for n, m in fused.named_modules() if isinstance(m, _BatchNorm)]
@@ -88,9 +84,29 @@ def fuse_with_report(model: nn.Module, config: FuseConfig | None = None, *,
     done = {f.bn for f in folded}
     left += [LeftBN(n, "the traced forward never calls it") for n in bn_names
              if n not in called and n not in done]
-    report = FuseReport(folded=tuple(folded), left=tuple(left))
-    setattr(fused, REPORT_ATTR, report)
-    return fused, report
+    setattr(fused, REPORT_ATTR, FuseReport(folded=tuple(folded), left=tuple(left)))
+    return fused
+
+
+def fuse_report(fused: nn.Module) -> FuseReport:
+    """The ``FuseReport`` of a model returned by ``fuse`` (kept on it, under ``REPORT_ATTR``,
+    through copies and checkpoints of the module object); a ValueError for any other model."""
+    report = getattr(fused, REPORT_ATTR, None)
+    if not isinstance(report, FuseReport):
+        raise ValueError(f"{type(fused).__name__} carries no fuse report: fuse_report takes a "
+                         "model returned by netshrink.bnfuse.fuse")
+    return report
+
+
+def fuse_with_report(model: nn.Module, config: FuseConfig | None = None, *,
+                     example_input: torch.Tensor | None = None,
+                     ) -> tuple[nn.Module, FuseReport]:
+    """Deprecated: ``fused = fuse(model, ...)`` then ``fuse_report(fused)``."""
+    warnings.warn("fuse_with_report is deprecated: fused = fuse(model, ...) and "
+                  "fuse_report(fused) (docs/api-conventions.md)", DeprecationWarning,
+                  stacklevel=2)
+    fused = fuse(model, config, example_input=example_input)
+    return fused, fuse_report(fused)
 
 
 def _one_pass(view: GraphView, config: FuseConfig) -> tuple[list[FoldedBN], list[LeftBN]]:
@@ -162,7 +178,7 @@ def _fold_one(view: GraphView, node: fx.Node, bn: _BatchNorm,
     if config.into_next:
         dst, why = consumer(view, node)
         if dst is not None:
-            fold_input_affine(view.module(dst), a, b)
+            fold_input_affine_(view.module(dst), a, b)
             return FoldedBN(name, str(dst.target), "input")
         if why is not None:
             reasons.append(why)

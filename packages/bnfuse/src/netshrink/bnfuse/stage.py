@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from netshrink.bnfuse.fusion import FuseConfig, fuse_with_report
+from netshrink.bnfuse.fusion import FuseConfig, fuse, fuse_report
 from netshrink.bnfuse.report import FuseReport
 from netshrink.core import Stage, register_stage
 
@@ -28,11 +28,13 @@ class FuseStage(Stage):
         self.report: FuseReport | None = None
 
     def apply(self, model: nn.Module) -> nn.Module:
-        fused, self.report = fuse_with_report(model, self.config)
+        fused = fuse(model, self.config)
+        self.report = fuse_report(fused)
         return fused
 
     def rebuild(self, model: nn.Module) -> nn.Module:
-        fused, report = fuse_with_report(model, self.config)
+        fused = fuse(model, self.config)
+        report = fuse_report(fused)
         if self.config.only is not None:
             missing = [b for b in report.left if b.bn in self.config.only]
             if missing:

@@ -2,11 +2,10 @@
 
 Stages that act during training have hooks (``Stage.training_loss``, ``extra_loss``,
 ``after_step``, ``after_epoch``): distillation replaces the loss, the slimming penalty adds to
-it, binary-weight QAT clips its latent weights after each optimizer step, AGP raises its
-sparsity on schedule, soft filter pruning zeroes filters each epoch and removes them after the
-last one, QAT freezes BN statistics / observers at a given epoch. A loop that forgets one of
-them trains something else than the recipe says, silently. The controller calls every hook of
-every stage, in order, so a user's own loop needs exactly::
+it, AGP raises its sparsity on schedule, soft filter pruning zeroes filters each epoch and
+removes them after the last one, QAT freezes BN statistics / observers at a given epoch. A
+loop that forgets one of them trains something else than the recipe says, silently. The
+controller calls every hook of every stage, in order, so a user's own loop needs exactly::
 
     controller = Controller(model, stages, epochs=epochs, steps_per_epoch=len(loader))
     for epoch in range(epochs):
@@ -81,8 +80,8 @@ class Controller:
         return total
 
     def step(self) -> None:
-        """Call after every ``optimizer.step()``: re-applies masks, clips binary latent
-        weights, advances gradual pruning schedules."""
+        """Call after every ``optimizer.step()``: re-applies masks, advances gradual pruning
+        schedules. (Binary latent weights need nothing here: the quantized layers clip them.)"""
         for stage in self.stages:
             stage.after_step(self.model, self.steps_done, self.total_steps)
         self.steps_done += 1

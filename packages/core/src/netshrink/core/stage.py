@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from netshrink.core.deprecation import deprecated_alias
 from netshrink.core.registry import Registry
 
 STAGES: Registry[type[Stage]] = Registry("stage kind")
@@ -143,7 +144,7 @@ def stage_from_description(description: dict[str, Any]) -> Stage:
 SPEC_ATTR = "netshrink_spec"
 
 
-def apply_recipe(model: nn.Module, stages: Sequence[Stage]) -> nn.Module:
+def apply_recipe_(model: nn.Module, stages: Sequence[Stage]) -> nn.Module:
     """Apply stages in order, keeping the model's build record (``netshrink_spec``) on the
     result even when a stage returns a new module (an fx GraphModule, a wrapper)."""
     spec = getattr(model, SPEC_ATTR, None)
@@ -176,3 +177,7 @@ def loss_stage(stages: Sequence[Stage]) -> Stage | None:
 
 def describe_recipe(stages: Sequence[Stage]) -> list[dict[str, Any]]:
     return [s.describe() for s in stages]
+
+
+# The former names (docs/api-conventions.md): importable, with a DeprecationWarning on each call.
+apply_recipe = deprecated_alias(apply_recipe_, "apply_recipe")

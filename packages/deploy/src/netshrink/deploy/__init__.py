@@ -11,7 +11,7 @@ layers describe themselves through ``netshrink.core.HasIntegerForm``.
 
 from netshrink.deploy.check import INTEGER_OPS, OnnxCheck, check_onnx
 from netshrink.deploy.export import DEFAULT_OPSET, ExportError, deploy_copy, export_onnx
-from netshrink.deploy.qdq import QDQInput, QDQLayer
+from netshrink.deploy.qdq import QDQAdd, QDQInput, QDQLayer
 from netshrink.deploy.runtimes import (
     RUNTIMES,
     Agreement,
@@ -29,7 +29,8 @@ from netshrink.deploy.runtimes import (
 )
 
 __all__ = ["DEFAULT_OPSET", "INTEGER_OPS", "RUNTIMES", "Agreement", "ExportError", "OnnxCheck",
-           "QDQInput", "QDQLayer", "RuntimeNotInstalledError", "RuntimeSession", "check_onnx",
+           "QDQAdd", "QDQInput", "QDQLayer", "RuntimeNotInstalledError", "RuntimeSession",
+           "check_onnx",
            "compare_logits", "deploy_copy", "export_onnx", "list_runtimes", "measure_latency",
            "open_session", "register_runtime", "require_runtime", "run_batched",
            "runtime_available", "torch_logits"]

@@ -30,9 +30,9 @@ import onnx
 import torch
 from torch import nn
 
-from netshrink.core import HasIntegerForm, check_int, write_atomic
+from netshrink.core import HasAddForm, HasIntegerForm, check_int, write_atomic
 from netshrink.deploy.fold import fuse_for_integer_kernels
-from netshrink.deploy.qdq import QDQLayer
+from netshrink.deploy.qdq import QDQAdd, QDQLayer
 
 #: Default ONNX opset (QuantizeLinear / DequantizeLinear with per-axis scales need >= 13;
 #: 21 is what the QDQ nodes are written for).
@@ -104,20 +104,23 @@ def strip_metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def deploy_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode with every layer that has an integer form replaced by
-    its ``QDQLayer`` (what ``export_onnx`` exports; in eager mode it computes the exported
-    values in float)."""
+    its ``QDQLayer`` and every quantized add (``HasAddForm``) by its ``QDQAdd`` (what
+    ``export_onnx`` exports; in eager mode it computes the exported values in float)."""
     export_model = copy.deepcopy(model).eval()
     replaced: list[str] = []
     for name, module in list(export_model.named_modules()):
         if not name or any(name.startswith(prefix + ".") for prefix in replaced):
             continue
-        if not isinstance(module, HasIntegerForm):
+        if not isinstance(module, (HasIntegerForm, HasAddForm)):
             continue
         try:
-            form = module.integer_form()
-            if form is None:
-                continue
-            qdq = QDQLayer(module, form)
+            if isinstance(module, HasAddForm):
+                qdq = QDQAdd(module.add_form())
+            else:
+                form = module.integer_form()
+                if form is None:
+                    continue
+                qdq = QDQLayer(module, form)
         except ValueError as err:
             raise ExportError(f"layer {name!r} ({type(module).__name__}) cannot be exported: "
                               f"{err}") from err
@@ -162,7 +165,7 @@ def _find_culprit(model: nn.Module, example: torch.Tensor) -> tuple[str, str] | 
     given the inputs it received in an eager forward; None when every leaf exports."""
     calls: list[tuple[str, nn.Module, tuple[Any, ...]]] = []
     leaves = [(n, m) for n, m in model.named_modules()
-              if n and (not list(m.children()) or isinstance(m, QDQLayer))]
+              if n and (not list(m.children()) or isinstance(m, (QDQLayer, QDQAdd)))]
     hooks = [m.register_forward_pre_hook(
         lambda mod, args, n=n: calls.append((n, mod, args))) for n, m in leaves]
     try:

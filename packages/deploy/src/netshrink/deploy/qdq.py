@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netshrink.core import ActivationForm, IntegerForm
+from netshrink.core import ActivationForm, AddForm, IntegerForm
 
 #: ONNX opset the QuantizeLinear / DequantizeLinear nodes are written for.
 _QDQ_OPSET = 21
@@ -130,3 +130,28 @@ class QDQLayer(nn.Module):
         view = (-1,) if self.op == "linear" else (-1, 1, 1)
         y = y * self.output_scale.view(view)
         return y if self.bias is None else y + self.bias.view(view)
+
+
+class QDQAdd(nn.Module):
+    """An ``AddForm`` (a quantized residual add) as QDQ: each quantized operand through
+    QuantizeLinear / DequantizeLinear, then ``Add -> [Relu] -> Q -> DQ``. ONNX Runtime fuses
+    ``DQ, DQ -> Add -> Q`` into QLinearAdd (the Relu before a zero-point-0 uint8 Q is dropped,
+    the Q saturating the same), and each conv feeding an operand ends in that operand's Q
+    (QLinearConv)."""
+
+    def __init__(self, form: AddForm) -> None:
+        super().__init__()
+        self.form = form
+        self.a_qdq = None if form.a is None else QDQInput(form.a)
+        self.b_qdq = None if form.b is None else QDQInput(form.b)
+        self.out_qdq = QDQInput(form.out)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.a_qdq is not None:
+            a = self.a_qdq(a)
+        if self.b_qdq is not None:
+            b = self.b_qdq(b)
+        y = a + b
+        if self.form.relu:
+            y = torch.relu(y)
+        return self.out_qdq(y)

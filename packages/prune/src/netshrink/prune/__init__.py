@@ -8,9 +8,12 @@
   mean_activation, random;
 * stages: ``prune.slimming`` (L1 on BatchNorm scales), ``prune.channels`` (hard or soft filter
   pruning, rebuildable from checkpoints), ``prune.magnitude`` (unstructured, one shot or AGP);
-* ``magnitude_prune(model, amount)``: masks that stay applied and count as sparse storage.
+* ``magnitude_prune_(model, amount)``: masks that stay applied and count as sparse storage.
 """
 
+# ``x as x`` imports: the former names of the functions that modify their model (now ending in
+# '_'), importable with a DeprecationWarning on each call; not in __all__
+# (docs/api-conventions.md).
 from netshrink.prune.channel_prune import (
     MODES,
     SCOPES,
@@ -23,8 +26,9 @@ from netshrink.prune.channel_prune import (
     ignored_classes,
     plan_channels,
     prune_channels,
-    zero_filters,
+    zero_filters_,
 )
+from netshrink.prune.channel_prune import zero_filters as zero_filters
 from netshrink.prune.criteria import (
     CRITERIA,
     CriterionContext,
@@ -48,12 +52,14 @@ from netshrink.prune.magnitude import (
     MagnitudePruneStage,
     SparsePack,
     agp_sparsity,
-    apply_masks,
-    magnitude_prune,
+    apply_masks_,
+    magnitude_prune_,
     pack_sparse,
     unpack_sparse,
     weight_sparsity,
 )
+from netshrink.prune.magnitude import apply_masks as apply_masks
+from netshrink.prune.magnitude import magnitude_prune as magnitude_prune
 from netshrink.prune.planning import ChannelPlan, ModulePlan
 from netshrink.prune.pruners import (
     LEAF_FUNCTIONS,
@@ -68,9 +74,12 @@ from netshrink.prune.pruners import (
     registered_pruner,
     unregister_pruner,
 )
-from netshrink.prune.slicing import slice_channels
+from netshrink.prune.slicing import slice_channels as slice_channels
+from netshrink.prune.slicing import slice_channels_
 from netshrink.prune.slimming import SlimmingConfig, SlimmingStage, slimming_penalty
-from netshrink.prune.surgery import apply_plan, apply_structure, channel_structure
+from netshrink.prune.surgery import apply_plan as apply_plan
+from netshrink.prune.surgery import apply_plan_, apply_structure_, channel_structure
+from netshrink.prune.surgery import apply_structure as apply_structure
 from netshrink.prune.tracing import UntraceableModelError, trace
 
 __all__ = [
@@ -79,12 +88,12 @@ __all__ = [
     "LayerPruner", "MODES", "MagnitudePruneConfig", "MagnitudePruneStage", "ModulePlan",
     "NonFiniteScoreError", "PRUNERS", "PruningBlockedError", "PruningBlockedWarning",
     "PruningGroup", "SCOPES", "SlimmingConfig", "SlimmingStage", "SparsePack",
-    "UntraceableModelError", "agp_sparsity", "apoz_scores", "apply_masks", "apply_plan",
-    "apply_structure", "blocking_modules", "bn_gamma_scores", "channel_structure", "find_pruner",
+    "UntraceableModelError", "agp_sparsity", "apoz_scores", "apply_masks_", "apply_plan_",
+    "apply_structure_", "blocking_modules", "bn_gamma_scores", "channel_structure", "find_pruner",
     "fpgm_scores", "ignored_classes", "l1_scores", "l2_scores", "list_criteria", "list_pruners",
-    "magnitude_prune", "mean_activation_scores", "pack_sparse", "plan_channels", "prune_channels",
+    "magnitude_prune_", "mean_activation_scores", "pack_sparse", "plan_channels", "prune_channels",
     "random_scores", "register_criterion", "register_leaf", "register_leaf_function",
-    "register_pruner", "registered_pruner", "score_classes", "slice_channels", "slimming_penalty",
+    "register_pruner", "registered_pruner", "score_classes", "slice_channels_", "slimming_penalty",
     "taylor_scores", "trace", "unpack_sparse", "unregister_criterion", "unregister_pruner",
-    "weight_sparsity", "zero_filters",
+    "weight_sparsity", "zero_filters_",
 ]

@@ -36,6 +36,7 @@ from netshrink.core import (
     check_float,
     check_int,
     count_macs,
+    deprecated_alias,
     register_stage,
 )
 from netshrink.prune.criteria import CriterionContext, list_criteria, score_classes
@@ -44,8 +45,8 @@ from netshrink.prune.planning import ChannelPlan, PlanViolation, make_plan
 from netshrink.prune.pruners import find_pruner
 from netshrink.prune.selection import select_dropped
 from netshrink.prune.surgery import (
-    apply_plan,
-    apply_structure,
+    apply_plan_,
+    apply_structure_,
     channel_structure,
     tensor_structure,
 )
@@ -221,7 +222,7 @@ def _search_macs(model: nn.Module, example_input: torch.Tensor, target: float,
         # on the meta device: shapes only, so no weights are copied and no conv is computed
         meta = copy.deepcopy(model).to("meta")
         if plan is not None:
-            apply_plan(meta, plan)
+            apply_plan_(meta, plan)
         return count_macs(meta, example_input.to("meta"))
 
     original = macs_of(None)
@@ -265,7 +266,7 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, config: Channe
                    data: Iterable[Any] | None = None) -> nn.Module:
     """A physically smaller copy of ``model`` (``model`` itself is left unchanged)."""
     plan = plan_channels(model, example_input, config, data)
-    return apply_plan(copy.deepcopy(model), plan)
+    return apply_plan_(copy.deepcopy(model), plan)
 
 
 # -- the Stage ------------------------------------------------------------------------------
@@ -337,14 +338,14 @@ class ChannelPruneStage(Stage):
     def finalize(self, model: nn.Module) -> nn.Module:
         """Remove the selected channels physically (in place) and record the new shapes."""
         plan = self._plan(model)
-        apply_plan(model, plan)
+        apply_plan_(model, plan)
         self.structure.update(channel_structure(model, list(plan.modules)))
         self.structure.update(tensor_structure(model, plan))
         return model
 
     def rebuild(self, model: nn.Module) -> nn.Module:
         """Give a fresh model the recorded pruned shapes (weights are loaded afterwards)."""
-        return apply_structure(model, self.structure)
+        return apply_structure_(model, self.structure)
 
     def describe(self) -> dict[str, Any]:
         record = super().describe()
@@ -360,11 +361,11 @@ class ChannelPruneStage(Stage):
         if epoch + 1 >= epochs:
             self.finalize(model)
             return
-        zero_filters(model, self._plan(model))
+        zero_filters_(model, self._plan(model))
 
 
 @torch.no_grad()
-def zero_filters(model: nn.Module, plan: ChannelPlan) -> None:
+def zero_filters_(model: nn.Module, plan: ChannelPlan) -> None:
     """Zero the removed output filters (weight rows and bias) of every conv / linear (layers
     with a per-channel pruner, such as BatchNorms, are left alone)."""
     for name, idx in plan.removed.items():
@@ -376,3 +377,7 @@ def zero_filters(model: nn.Module, plan: ChannelPlan) -> None:
         m.weight[index] = 0
         if getattr(m, "bias", None) is not None:
             m.bias[index] = 0
+
+
+# The former names (docs/api-conventions.md): importable, with a DeprecationWarning on each call.
+zero_filters = deprecated_alias(zero_filters_, "zero_filters")

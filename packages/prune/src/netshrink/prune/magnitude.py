@@ -1,6 +1,6 @@
 """Unstructured magnitude pruning: masks that stay applied, sparse storage, the AGP schedule.
 
-``magnitude_prune(model, amount)`` zeroes the ``amount`` fraction of smallest-magnitude conv and
+``magnitude_prune_(model, amount)`` zeroes the ``amount`` fraction of smallest-magnitude conv and
 linear weights (globally or per layer) and keeps them zero: each pruned layer holds a boolean
 ``weight_mask`` buffer (not saved: a masked weight is exactly zero, so the mask is re-derived
 from the weights after a checkpoint loads) and a forward pre-hook that re-applies it, so the
@@ -32,6 +32,7 @@ from netshrink.core import (
     check_choice,
     check_float,
     check_int,
+    deprecated_alias,
     register_stage,
 )
 
@@ -111,7 +112,7 @@ def attach_mask(module: nn.Module, mask: torch.Tensor | None = None) -> None:
     setattr(module, PACKED_BITS_ATTR, SparseBits(module, base))
 
 
-def apply_masks(model: nn.Module) -> None:
+def apply_masks_(model: nn.Module) -> None:
     """Re-zero every masked weight (call after optimizer steps)."""
     for m in model.modules():
         if _is_masked(m):
@@ -151,7 +152,7 @@ def compute_masks(layers: Mapping[str, nn.Module], sparsity: float,
     return out
 
 
-def magnitude_prune(model: nn.Module, amount: float, *, scope: str = "global",
+def magnitude_prune_(model: nn.Module, amount: float, *, scope: str = "global",
                     ignored_layers: tuple[str, ...] = ()) -> nn.Module:
     """Mask the ``amount`` fraction of smallest conv/linear weights, in place (see module doc)."""
     check_float("amount", amount, min_value=0.0, max_value=1.0)
@@ -159,7 +160,7 @@ def magnitude_prune(model: nn.Module, amount: float, *, scope: str = "global",
     layers = prunable_layers(model, tuple(ignored_layers))
     for name, mask in compute_masks(layers, amount, scope).items():
         attach_mask(layers[name], mask)
-    apply_masks(model)
+    apply_masks_(model)
     return model
 
 
@@ -267,7 +268,7 @@ class MagnitudePruneStage(Stage):
         layers = prunable_layers(model, self.config.ignored_layers)
         for name, mask in compute_masks(layers, sparsity, self.config.scope).items():
             attach_mask(layers[name], mask)
-        apply_masks(model)
+        apply_masks_(model)
         self.sparsity = sparsity
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -292,4 +293,9 @@ class MagnitudePruneStage(Stage):
                                                    initial=cfg.initial, start=cfg.start,
                                                    end=cfg.end))
                 return
-        apply_masks(model)
+        apply_masks_(model)
+
+
+# The former names (docs/api-conventions.md): importable, with a DeprecationWarning on each call.
+apply_masks = deprecated_alias(apply_masks_, "apply_masks")
+magnitude_prune = deprecated_alias(magnitude_prune_, "magnitude_prune")

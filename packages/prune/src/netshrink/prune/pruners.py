@@ -47,7 +47,7 @@ from netshrink.prune.slicing import (
     conv_resize,
     conv_slice_in,
     conv_slice_out,
-    slice_channels,
+    slice_channels_,
 )
 
 PruneFn = Callable[[Any, torch.Tensor], nn.Module]
@@ -361,7 +361,7 @@ def _bn_shape(m: nn.Module) -> dict[str, int]:
 
 def _bn_like(old: nn.Module, shape: dict[str, int]) -> nn.Module:
     if type(old) not in L.BN_TYPES:  # a subclass (e.g. fused with its activation)
-        return slice_channels(old, _arange(shape["num_features"], old))
+        return slice_channels_(old, _arange(shape["num_features"], old))
     new = type(old)(shape["num_features"], eps=old.eps, momentum=old.momentum,
                     affine=old.affine, track_running_stats=old.track_running_stats,
                     **_factory(old))
@@ -371,7 +371,7 @@ def _bn_like(old: nn.Module, shape: dict[str, int]) -> nn.Module:
 @torch.no_grad()
 def _bn_prune(old: nn.Module, keep: torch.Tensor) -> nn.Module:
     if type(old) not in L.BN_TYPES:
-        return slice_channels(old, keep)
+        return slice_channels_(old, keep)
     new = _bn_like(old, {"num_features": len(keep)})
     for tname in ("weight", "bias", "running_mean", "running_var"):
         src = getattr(old, tname)
@@ -398,4 +398,4 @@ def _one_dim_norm(m: nn.Module) -> bool:
 
 
 register_pruner(nn.LayerNorm, per_channel=True, channel_dim=-1, applies=_one_dim_norm,
-                shape=lambda m: {"channels": channel_count(m)})(slice_channels)
+                shape=lambda m: {"channels": channel_count(m)})(slice_channels_)

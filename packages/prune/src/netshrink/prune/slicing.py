@@ -6,7 +6,7 @@ Subclasses from model zoos take other arguments (timm's ``BatchNormAct2d`` holds
 would lose settings or fail. These helpers instead cut the tensors a module owns directly and
 update its size attributes, leaving everything else (activations, flags, hooks) as it was:
 
-* ``slice_channels(module, keep)``: a per-channel layer (a norm, a channel scale): every tensor
+* ``slice_channels_(module, keep)``: a per-channel layer (a norm, a channel scale): every tensor
   whose first dimension is the channel count keeps the entries ``keep``; ``num_features`` /
   ``num_channels`` / ``normalized_shape`` follow. Usable as a ``register_pruner`` function.
 * ``conv_slice_out`` / ``conv_slice_in`` / ``conv_resize``: the same for a convolution subclass
@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from netshrink.core import deprecated_alias
 
 #: attributes holding a per-channel layer's channel count
 _COUNT_ATTRS = ("num_features", "num_channels")
@@ -55,7 +57,7 @@ def channel_count(module: nn.Module) -> int:
 
 
 @torch.no_grad()
-def slice_channels(module: nn.Module, keep: torch.Tensor) -> nn.Module:
+def slice_channels_(module: nn.Module, keep: torch.Tensor) -> nn.Module:
     """Keep channels ``keep`` of a per-channel layer, in place (see the module docstring)."""
     n = channel_count(module)
     for name, t in _own_tensors(module):
@@ -123,3 +125,7 @@ def conv_resize(m: nn.Module, shape: dict[str, Any]) -> nn.Module:
         set_tensor(m, name, torch.zeros(size, dtype=t.dtype, device=t.device))
     m.in_channels, m.out_channels, m.groups = shape["in_channels"], out, groups
     return m
+
+
+# The former names (docs/api-conventions.md): importable, with a DeprecationWarning on each call.
+slice_channels = deprecated_alias(slice_channels_, "slice_channels")

@@ -2,10 +2,10 @@
 pruner, see ``pruners``) by smaller ones holding the kept slices of their weights, and rebuild
 that structure on a fresh model from recorded shapes.
 
-``apply_plan(model, plan)`` changes ``model`` in place: every planned module is replaced (same
+``apply_plan_(model, plan)`` changes ``model`` in place: every planned module is replaced (same
 name, same type, new shape), so the model's class, its forward code and its state-dict keys stay
 the same; only tensor shapes shrink. ``channel_structure`` records the new shapes, and
-``apply_structure`` recreates them on a freshly built model before a checkpoint's weights load.
+``apply_structure_`` recreates them on a freshly built model before a checkpoint's weights load.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from netshrink.core import deprecated_alias
 from netshrink.prune.planning import ChannelPlan, ModulePlan
 from netshrink.prune.pruners import find_pruner, get_pruner
 from netshrink.prune.slicing import set_tensor
 
 
-def apply_plan(model: nn.Module, plan: ChannelPlan) -> nn.Module:
+def apply_plan_(model: nn.Module, plan: ChannelPlan) -> nn.Module:
     """Replace every module named in ``plan`` by its pruned version (in place)."""
     for name, mp in plan.modules.items():
         old = model.get_submodule(name)
@@ -34,7 +35,7 @@ def apply_plan(model: nn.Module, plan: ChannelPlan) -> nn.Module:
 
 def tensor_structure(model: nn.Module, plan: ChannelPlan) -> dict[str, dict[str, int]]:
     """The cut stored tensors of ``plan`` as structure entries (``{"tensor_dim": d,
-    "tensor_size": n}``), which ``apply_structure`` recreates."""
+    "tensor_size": n}``), which ``apply_structure_`` recreates."""
     out: dict[str, dict[str, int]] = {}
     for name, (dim, keep) in plan.tensors.items():
         out[name] = {"tensor_dim": dim, "tensor_size": len(keep)}
@@ -65,7 +66,7 @@ def _shape_of(m: nn.Module) -> dict[str, int] | None:
         return None
 
 
-def apply_structure(model: nn.Module, structure: dict[str, dict[str, int]]) -> nn.Module:
+def apply_structure_(model: nn.Module, structure: dict[str, dict[str, int]]) -> nn.Module:
     """Give the named modules the recorded shapes (fresh weights, to be loaded next)."""
     for name, shape in structure.items():
         if set(shape) == {"tensor_dim", "tensor_size"}:
@@ -127,3 +128,8 @@ def _pruned(old: nn.Module, mp: ModulePlan, name: str = "") -> nn.Module:
 def _index(idx: tuple[int, ...], like: nn.Module) -> torch.Tensor:
     device = next(iter(like.parameters()), torch.empty(0)).device
     return torch.tensor(list(idx), dtype=torch.long, device=device)
+
+
+# The former names (docs/api-conventions.md): importable, with a DeprecationWarning on each call.
+apply_plan = deprecated_alias(apply_plan_, "apply_plan")
+apply_structure = deprecated_alias(apply_structure_, "apply_structure")

@@ -31,7 +31,7 @@ from netshrink.prune.pruners import (
     register_leaf_function,
     register_pruner,
 )
-from netshrink.prune.slicing import channel_count, slice_channels
+from netshrink.prune.slicing import channel_count, slice_channels_
 
 _LOADED: set[str] = set()
 
@@ -77,11 +77,11 @@ def _load_timm() -> None:
         found = getattr(layers, name, None)
         if isinstance(found, type) and issubclass(found, nn.Module) and found not in PRUNERS:
             register_pruner(found, per_channel=True, channel_dim=dim, applies=_one_dim,
-                            shape=lambda m: {"channels": channel_count(m)})(slice_channels)
+                            shape=lambda m: {"channels": channel_count(m)})(slice_channels_)
     try:  # ConvNeXt-V2's global response norm (channels-last instances only)
         grn = importlib.import_module("timm.layers.grn").GlobalResponseNorm
     except (ImportError, AttributeError):
         return
     if grn not in PRUNERS:  # its own channel_dim says where its channels are
         register_pruner(grn, per_channel=True, channel_dim=lambda m: m.channel_dim,
-                        shape=lambda m: {"channels": channel_count(m)})(slice_channels)
+                        shape=lambda m: {"channels": channel_count(m)})(slice_channels_)

@@ -1,4 +1,4 @@
-"""``QuantConfig``: what ``quantize`` does to a model, frozen and validated on creation.
+"""``QuantConfig``: what ``quantize_`` does to a model, frozen and validated on creation.
 
 Every combination of weight precision ``w`` and activation precision ``a`` is legal:
 
@@ -13,7 +13,7 @@ Every combination of weight precision ``w`` and activation precision ``a`` is le
   (XNOR/BWN) or without (BNN); activations ``sign``.
 
 k-bit activation clips can also be calibrated when quantizing: ``a_calibrate=p`` sets each
-layer's clip to the ``p``-th percentile of its input over a few batches (``calibrate_act_clips``;
+layer's clip to the ``p``-th percentile of its input over a few batches (``calibrate_act_clips_``;
 the quantize stage does it with the batches it is given), and records the clips in
 ``a_clips`` so that rebuilding the model from a checkpoint gives the same ones.
 """
@@ -87,11 +87,11 @@ class QuantConfig:
 
     Both need k-bit ``a`` and ``scheme="dorefa"``, and bring their own gradient (zero outside
     the clip range), so ``a_estimator`` must stay ``"saturate_ste"``. Build the optimizer after
-    ``quantize``, so it sees the new parameters.
+    ``quantize_``, so it sees the new parameters.
 
     ``a_calibrate``: a percentile in ``(50, 100]``, or None (default: the clip is ``a_clip``).
-    When set, ``calibrate_act_clips`` (called by the ``"quant.quantize"`` stage with the
-    batches it is given, right after ``quantize``) sets every k-bit activation clip to that
+    When set, ``calibrate_act_clips_`` (called by the ``"quant.quantize"`` stage with the
+    batches it is given, right after ``quantize_``) sets every k-bit activation clip to that
     percentile of the layer's input over the batches (``a_quantizer="dorefa"``: the fixed
     clip; ``"pact"``: the initial ``alpha``; ``"lsq"``: the initial step ``clip / Qp``).
     A quantizer whose input is never positive keeps ``a_clip``. Without batches, ``a_clip``
@@ -125,9 +125,9 @@ class QuantConfig:
     late-training freezes of Jacob et al. 2018. After this many epochs of QAT (counted from the
     start of QAT; the ``"quant.quantize"`` stage applies them in ``after_epoch``), the
     BatchNorms folded into the convs switch to their running statistics and stop updating them
-    (``freeze_bn_stats``), and the activation range observers stop updating scale and zero
-    point (``freeze_observers``). ``0`` freezes from the start (for observers this means the
-    ranges come only from ``calibrate``); ``None`` (default) never.
+    (``freeze_bn_stats_``), and the activation range observers stop updating scale and zero
+    point (``freeze_observers_``). ``0`` freezes from the start (for observers this means the
+    ranges come only from ``calibrate_``); ``None`` (default) never.
     """
 
     w: Precision

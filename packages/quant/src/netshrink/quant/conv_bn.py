@@ -70,6 +70,7 @@ class QuantConvBn2d(QuantConv2d):
         return (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
 
     def folded_weight(self) -> torch.Tensor:
+        self.constrain_latent()
         return self.weight * self._bn_scale().view(-1, 1, 1, 1)
 
     def folded_bias(self) -> torch.Tensor:
@@ -87,6 +88,7 @@ class QuantConvBn2d(QuantConv2d):
         gamma and beta get gradients)."""
         bn = self.bn
         s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.constrain_latent()
         w = self._from_out_major(self.weight_quant(self._out_major(
             self.weight * s.view(-1, 1, 1, 1))))
         bias = self.bias if self.bias is not None else torch.zeros_like(bn.running_mean)

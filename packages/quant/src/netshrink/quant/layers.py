@@ -2,7 +2,7 @@
 ``QuantLinear``.
 
 Each is a subclass of the torch layer it replaces and shares that layer's ``weight`` and
-``bias`` Parameters (an optimizer built before ``quantize`` keeps working). On every forward it
+``bias`` Parameters (an optimizer built before ``quantize_`` keeps working). On every forward it
 fake-quantizes its input with ``input_quant`` and its latent float weight with
 ``weight_quant``, then runs the usual convolution / matrix product.
 
@@ -11,6 +11,10 @@ fake-quantizes its input with ``input_quant`` and its latent float weight with
 * ``fold_affine(scale, shift)`` absorbs a per-output-channel ``y * scale + shift`` (a folded
   BatchNorm) into a per-channel output scale ``out_scale`` and the bias, leaving the weight
   codes untouched: ``y = conv(x_q, w_q) * out_scale + bias``. ``scale`` may be negative or 0.
+* ``constrain_latent()`` keeps the latent weight where the weight quantizer trains it (binary:
+  centred and clipped to ``[-1, 1]``): applied in place whenever the weight changed in place
+  (an optimizer step), before the layer quantizes, saves or packs it, so a training loop needs
+  no call of its own.
 * ``freeze_weight()`` replaces the latent weight by its codes (``FrozenWeight``): what a
   model loaded from a packed file holds.
 * ``integer_form()`` (``netshrink.core.HasIntegerForm``) describes the eval-mode layer as
@@ -20,6 +24,7 @@ fake-quantizes its input with ``input_quant`` and its latent float weight with
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -66,6 +71,68 @@ class _QuantLayer:
                 {"weight": weight_quant.bits} if weight_quant is not None else {})
         setattr(self, INPUT_SIGN_ATTR, isinstance(input_quant, BinaryAct))
 
+    # the latent weight's constraint (binary: centred and clipped) -------------------------
+    #: (the weight, its storage, its version counter) when last constrained or adopted
+    _latent_mark: tuple[weakref.ref, int, int] | None = None
+
+    def constrain_latent(self, force: bool = False) -> bool:
+        """Move ``weight`` in place into the set its quantizer trains it in
+        (``WeightQuantizer.constrain_latent``: binary weights are centred and clipped to
+        ``[-1, 1]``) if it changed in place since the last time; True when it did.
+
+        Idempotent, so the layer calls it itself before it quantizes the weight (``forward``)
+        and before ``state_dict``, ``freeze_weight``, ``deploy_state`` and ``integer_form``:
+        after an optimizer step the next of these applies it once, which gives exactly the
+        values of the old explicit call after every step, ``w_{k+1} = C(w_k - update_k)``.
+        A change is seen by the weight's version counter, bumped by every in-place operation
+        (optimizer steps, masks, ``load_state_dict``, which takes the loaded values as they
+        are). A weight seen for the first time, or another tensor than the last one seen (a
+        deep copy, ``.to(device)``), is taken as it is (``quantize_`` constrains every new layer
+        once, with ``force=True``). Writes through ``weight.data`` bump no version:
+        ``force=True`` applies the constraint regardless. A no-op for quantizers without a
+        constraint, a frozen weight, and while tracing (``torch.jit.trace``, ``torch.fx``)."""
+        # straight from the module's dicts: this runs before every forward
+        wq = self._modules.get("weight_quant")
+        if not getattr(wq, "constrains_latent", False):
+            return False
+        w = self._parameters.get("weight")
+        if not isinstance(w, torch.Tensor) or torch.jit.is_tracing():
+            return False
+        mark = self._latent_mark
+        if not force:
+            if mark is None or mark[0]() is not w or mark[1] != w.data_ptr():
+                self._mark_latent(w)  # first seen, or a copy: taken as it is
+                return False
+            if mark[2] == w._version:
+                return False
+        with torch.no_grad():
+            positions = w.shape[2:].numel()  # kernel positions (1 for Linear)
+            w.copy_(self._from_out_major(wq.constrain_latent(self._out_major(w), positions)))
+        self._mark_latent(w)
+        return True
+
+    def _mark_latent(self, w: torch.Tensor) -> None:
+        self._latent_mark = (weakref.ref(w), w.data_ptr(), w._version)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy (copy.deepcopy: accelerate, export, fuse) takes the weight as the next forward
+        # would use it: a change since the last forward (the last optimizer step) is
+        # constrained first, since the copy cannot tell it from its own first sight
+        self.constrain_latent()
+        return super().__getstate__()
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str,
+                            keep_vars: bool) -> None:
+        self.constrain_latent()  # a checkpoint holds the weight as the next forward uses it
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        w = self.weight
+        if getattr(self.weight_quant, "constrains_latent", False) and isinstance(w, torch.Tensor):
+            self._mark_latent(w)  # the loaded values are taken as they are (as saved)
+
     # out-major view: one row per output channel ----------------------------------------
     def _out_major(self, w: torch.Tensor) -> torch.Tensor:
         return w.reshape(w.shape[0], -1)
@@ -91,6 +158,7 @@ class _QuantLayer:
             return self.weight
         if isinstance(self.weight_quant, FrozenWeight):
             return self._from_out_major(self.weight_quant())
+        self.constrain_latent()
         # Under no_grad, a view of a Parameter still says requires_grad but has no grad_fn,
         # which breaks module hooks such as FlopCounterMode's tracker: detach it instead.
         w = self.weight if torch.is_grad_enabled() else self.weight.detach()
@@ -132,6 +200,7 @@ class _QuantLayer:
         """Replace the latent weight by its codes and parameters (a ``FrozenWeight``)."""
         if self.weight_quant is None or self.is_frozen:
             return
+        self.constrain_latent()
         codes, params = self.weight_quant.encode(self._out_major(self.weight))
         self._install_frozen(FrozenWeight(self.weight_quant, codes, params))
 
@@ -182,6 +251,7 @@ class _QuantLayer:
 
     def _latent_weight(self) -> torch.Tensor:
         """The float weight the weight quantizer sees."""
+        self.constrain_latent()
         return self.weight.detach()
 
     def _epilogue(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -196,7 +266,7 @@ class _QuantLayer:
     def deploy_state(self) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         """What a packed file stores for this layer: the float weight its codes encode
         (None when frozen) and the other tensors, by their names in the deployed layer."""
-        state = self.state_dict()
+        state = self.state_dict()  # constrains the latent weight first
         if self.weight_quant is None or self.is_frozen:
             return None, dict(state)
         rest = {k: v for k, v in state.items()

@@ -251,7 +251,7 @@ def _check_finite(model: nn.Module) -> None:
 @torch.no_grad()
 def save_packed(model: nn.Module, path: str | os.PathLike[str], *,
                 coding: str | None = None) -> Path:
-    """Write ``model`` (quantized by ``quantize``, or loaded by ``load_packed``) to ``path``
+    """Write ``model`` (quantized by ``quantize_``, or loaded by ``load_packed``) to ``path``
     with every quantized weight at its real width; atomic (temporary file, then rename).
 
     Weight-shared layers store their codebook and indices at ``bits`` bits (plus a 1-bit map

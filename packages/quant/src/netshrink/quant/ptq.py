@@ -1,14 +1,14 @@
 """Post-training quantization of a trained float model: no training, a few batches at most.
 
-* ``calibrate(model, batches, observer=...)``: affine integer weights (per channel or per
+* ``calibrate_(model, batches, observer=...)``: affine integer weights (per channel or per
   tensor, symmetric or asymmetric) and activations whose ranges an observer (``minmax``,
   ``moving_average``, ``percentile``) measures on ``batches``; the ranges are then frozen.
   On a model that is already quantized with affine activations (``scheme="int8_affine"`` QAT,
-  an earlier ``calibrate``, or such a model loaded from a packed file) it only re-measures the
+  an earlier ``calibrate_``, or such a model loaded from a packed file) it only re-measures the
   activation ranges, weights untouched (e.g. after the data changed).
-* ``quantize_weights_uint8(model)``: weight-only, asymmetric min-max uint8 (activations stay
+* ``quantize_weights_uint8_(model)``: weight-only, asymmetric min-max uint8 (activations stay
   float); every layer, first and last included.
-* ``convert_fp16(model)``: weight-only float16.
+* ``convert_fp16_(model)``: weight-only float16.
 
 All change ``model`` in place, return it in eval mode, and pack with ``save_packed``.
 """
@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from netshrink.core import check_choice
+from netshrink.core import check_choice, deprecated_alias
 from netshrink.quant.observers import OBSERVERS, make_observer
 from netshrink.quant.quantize import (
     float_layers,
-    freeze_observers,
+    freeze_observers_,
     quantized_layers,
     replace_layer,
 )
@@ -37,7 +37,7 @@ _WEIGHT_ARGS = {"per_channel": True, "symmetric": False, "bits": 8, "first": "sa
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[Any], *, observer: str | None = None,
+def calibrate_(model: nn.Module, batches: Iterable[Any], *, observer: str | None = None,
               per_channel: bool = True, symmetric: bool = False, bits: int = 8,
               first: str = "same", last: str = "same",
               **observer_options: float) -> nn.Module:
@@ -91,7 +91,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], *, observer: str | None 
     try:
         seen = _run(model, batches)
     finally:
-        freeze_observers(model)
+        freeze_observers_(model)
     if seen == 0:
         raise ValueError("calibrate needs at least one batch; got an empty iterable")
     return model
@@ -160,7 +160,7 @@ def _recalibrate(model: nn.Module, batches: Iterable[Any], observer: str | None,
     return model
 
 
-def quantize_weights_uint8(model: nn.Module, *, per_channel: bool = True) -> nn.Module:
+def quantize_weights_uint8_(model: nn.Module, *, per_channel: bool = True) -> nn.Module:
     """Weight-only min-max uint8 (asymmetric, per output channel by default), every layer."""
     check_choice("per_channel", per_channel, (True, False))
     for name, layer in float_layers(model):
@@ -169,9 +169,15 @@ def quantize_weights_uint8(model: nn.Module, *, per_channel: bool = True) -> nn.
     return model.eval()
 
 
-def convert_fp16(model: nn.Module) -> nn.Module:
+def convert_fp16_(model: nn.Module) -> nn.Module:
     """Weight-only float16 (computation stays float32), every layer."""
     for name, layer in float_layers(model):
         replace_layer(model, name, layer, HalfWeight(), None)
     return model.eval()
 
+
+
+# The former names (docs/api-conventions.md): importable, with a DeprecationWarning on each call.
+calibrate = deprecated_alias(calibrate_, "calibrate")
+quantize_weights_uint8 = deprecated_alias(quantize_weights_uint8_, "quantize_weights_uint8")
+convert_fp16 = deprecated_alias(convert_fp16_, "convert_fp16")

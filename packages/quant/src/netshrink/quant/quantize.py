@@ -1,4 +1,4 @@
-"""``quantize(model, config)``: swap a model's layers for quantized ones, in place.
+"""``quantize_(model, config)``: swap a model's layers for quantized ones, in place.
 
 What it does, in order:
 
@@ -22,21 +22,27 @@ What it does, in order:
    it has a sign-like input. (Hardtanh, LeakyReLU and other sign-preserving activations always
    stay.)
 4. Sets every BatchNorm's momentum to ``config.bn_momentum`` when given, and centres and clips
-   binary latent weights (``constrain_latent_weights``).
+   binary latent weights (from then on each binary layer does that itself whenever its weight
+   changed, see ``_QuantLayer.constrain_latent``).
 5. With ``scheme="int8_affine"`` (a scheme whose handler sets ``fold_bn``), each quantized
    Conv2d whose output feeds only a BatchNorm2d becomes a ``QuantConvBn2d`` owning that
    BatchNorm (which is replaced by ``nn.Identity``), so the BN-folded weight is what gets
    quantized during training.
+6. With ``scheme="int8_affine"``, every add of two tensors inside a submodule (a ResNet
+   block's residual add and the ReLU after it) becomes a ``QuantAdd`` on uint8 grids
+   (``netshrink.quant.quant_add``), so integer runtimes run the whole block on integer kernels.
 
 Each layer's quantizers come from the handler registered for ``config.scheme``
 (``QUANT_SCHEMES``, one look-up); ``register_scheme`` adds a scheme (docs/extending.md).
 
 The returned model is ``model`` itself. ``QuantizeStage`` (``"quant.quantize"``) wraps this for
-recipes; its ``after_step`` hook re-applies ``constrain_latent_weights`` after every optimizer
-step and its ``after_epoch`` hook applies the int8 late-training freezes (``freeze_bn_after``,
-``freeze_observers_after``; 0 is applied by ``quantize`` itself). In your own training loop,
-call ``constrain_latent_weights(model)`` after ``optimizer.step()`` when weights are binary,
-and ``freeze_bn_stats(model)`` / ``freeze_observers(model)`` when you want the freezes.
+recipes; its ``after_epoch`` hook applies the int8 late-training freezes (``freeze_bn_after``,
+``freeze_observers_after``; 0 is applied by ``quantize_`` itself). Binary latent weights need no
+hook: each quantized layer centres and clips its own latent weight after every in-place change
+(an optimizer step), before it next uses, saves or packs it, so a plain training loop trains
+exactly what the old explicit ``constrain_latent_weights(model)`` after every step trained. In
+your own loop, call ``freeze_bn_stats_(model)`` / ``freeze_observers_(model)`` when you want the
+freezes (or drive the stages with ``netshrink.core.Controller``).
 """
 
 from __future__ import annotations
@@ -49,23 +55,22 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import fx, nn
 
-from netshrink.core import Stage, register_stage
+from netshrink.core import Stage, deprecated_alias, register_stage
 from netshrink.quant.config import PRECISIONS, Precision, QuantConfig
 from netshrink.quant.conv_bn import QuantConvBn2d, find_conv_bn_pairs
-from netshrink.quant.freeze import freeze_bn_stats, freeze_observers
+from netshrink.quant.freeze import freeze_bn_stats_, freeze_observers_
 from netshrink.quant.layers import QUANT_LAYER_FOR, QUANT_LAYERS
 from netshrink.quant.observers import PercentileObserver
+from netshrink.quant.quant_add import QUANT_ADD_SCHEMES, quantize_adds_
 from netshrink.quant.quantizers import (
     QUANT_SCHEMES,
     ActQuantizer,
     AffineWeight,
-    BinaryWeight,
     TernaryWeight,
     WeightQuantizer,
     act_quantizer,
     weight_quantizer,
 )
-from netshrink.quant.quantizers.binary import centre_latent
 
 _SIGN_LIKE = ("binary", "ternary")
 _CLAMPING_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
@@ -91,7 +96,7 @@ _log = logging.getLogger(__name__)
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every layer ``quantize`` would replace, in module order."""
+    """``(name, module)`` of every layer ``quantize_`` would replace, in module order."""
     return [(name, m) for name, m in model.named_modules() if type(m) in QUANT_LAYER_FOR]
 
 
@@ -141,7 +146,7 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def quantize(model: nn.Module, config: QuantConfig,
+def quantize_(model: nn.Module, config: QuantConfig,
              precisions: Mapping[str, tuple[Precision, Precision]] | None = None) -> nn.Module:
     """Replace ``model``'s Conv2d / ConvTranspose2d / Linear layers by quantized versions that
     keep the trained weights (see the module docstring); returns ``model``, changed in place.
@@ -184,18 +189,20 @@ def quantize(model: nn.Module, config: QuantConfig,
             wq.init_state(new._out_major(new.weight))
     for name in relus_to_remove:
         set_submodule(model, name, nn.Identity())
+    if config.scheme in QUANT_ADD_SCHEMES:  # residual adds on uint8 grids (quant_add.py)
+        quantize_adds_(model, estimator=config.a_estimator)
     if config.bn_momentum is not None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = config.bn_momentum
-    constrain_latent_weights(model)
+    constrain_latent_weights_(model, force=True)
     _apply_freezes(model, config, epochs_done=0)
     return model
 
 
 def _check_precisions(precisions: Mapping[str, tuple[Precision, Precision]] | None,
                       names: list[str]) -> dict[str, tuple[Precision, Precision]]:
-    """``quantize``'s per-layer overrides, validated: known layer names, (w, a) pairs of
+    """``quantize_``'s per-layer overrides, validated: known layer names, (w, a) pairs of
     ``PRECISIONS``."""
     if precisions is None:
         return {}
@@ -275,9 +282,9 @@ def _relus_by_module_order(model: nn.Module, sign_set: set[str]) -> list[str]:
 def _apply_freezes(model: nn.Module, config: QuantConfig, epochs_done: int) -> None:
     """The config's late-training freezes that are due after ``epochs_done`` epochs of QAT."""
     if config.freeze_bn_after is not None and epochs_done >= config.freeze_bn_after:
-        freeze_bn_stats(model)
+        freeze_bn_stats_(model)
     if config.freeze_observers_after is not None and epochs_done >= config.freeze_observers_after:
-        freeze_observers(model)
+        freeze_observers_(model)
 
 
 def _out_major_shape(layer: nn.Module) -> tuple[int, int]:
@@ -285,23 +292,23 @@ def _out_major_shape(layer: nn.Module) -> tuple[int, int]:
     return out, layer.weight.numel() // out
 
 
-@torch.no_grad()
-def constrain_latent_weights(model: nn.Module) -> None:
-    """Centre every binary latent weight as its quantizer's ``centring`` says (``"filter"``:
-    each output channel's mean over its whole filter; ``"kernel_position"``: for each output
-    channel and kernel position, the mean over the input channels, as XNOR-Net's code and
-    micronet do; ``"none"``) and clip it to ``[-1, 1]``, in place. Other layers are
-    untouched."""
-    for _, layer in quantized_layers(model):
-        wq = layer.weight_quant
-        if isinstance(wq, BinaryWeight) and layer.weight is not None:
-            positions = layer.weight.shape[2:].numel()  # kernel positions (1 for Linear)
-            w2d = centre_latent(layer._out_major(layer.weight), wq.centring, positions)
-            layer.weight.copy_(layer._from_out_major(w2d))
+def constrain_latent_weights_(model: nn.Module, *, force: bool = False) -> int:
+    """Bring every constrained latent weight up to date now, in place; returns how many layers
+    changed. No longer needed in a training loop: each quantized layer does it itself
+    (``constrain_latent``) whenever its weight changed in place, before using, saving or
+    packing it, and calling it too changes nothing (it is idempotent).
+
+    Binary weights are centred as their quantizer's ``centring`` says (``"filter"``: each
+    output channel's mean over its whole filter; ``"kernel_position"``: for each output channel
+    and kernel position, the mean over the input channels, as XNOR-Net's code and micronet do;
+    ``"none"``) and clipped to ``[-1, 1]``. Other layers are untouched. ``force=True`` applies
+    the constraint even to weights that did not change since the last time (after writes
+    through ``weight.data``, which no version counter sees)."""
+    return sum(layer.constrain_latent(force=force) for _, layer in quantized_layers(model))
 
 
 @torch.no_grad()
-def calibrate_act_clips(model: nn.Module, inputs: Iterable[torch.Tensor],
+def calibrate_act_clips_(model: nn.Module, inputs: Iterable[torch.Tensor],
                         percentile: float) -> dict[str, float]:
     """Set the clip of every quantized layer's calibratable k-bit activation quantizer
     (DoReFa's fixed clip, PACT's initial ``alpha``, LSQ's initial step ``clip / Qp``: those
@@ -358,12 +365,12 @@ def calibrate_act_clips(model: nn.Module, inputs: Iterable[torch.Tensor],
 
 @register_stage("quant.quantize")
 class QuantizeStage(Stage):
-    """Quantization-aware training as a recipe stage: ``apply`` calls ``quantize`` (then, with
-    ``a_calibrate`` set and batches given by ``use_data``, ``calibrate_act_clips``, recording
+    """Quantization-aware training as a recipe stage: ``apply`` calls ``quantize_`` (then, with
+    ``a_calibrate`` set and batches given by ``use_data``, ``calibrate_act_clips_``, recording
     the clips in the config's ``a_clips``); ``rebuild`` recreates the same structure on a fresh
-    model (then the checkpoint's weights load); ``after_step`` keeps binary latent weights
-    centred and clipped; ``after_epoch`` applies the config's ``freeze_bn_after`` /
-    ``freeze_observers_after``."""
+    model (then the checkpoint's weights load); ``after_epoch`` applies the config's
+    ``freeze_bn_after`` / ``freeze_observers_after``. No ``after_step``: binary layers centre
+    and clip their latent weights themselves."""
 
     config_class = QuantConfig
 
@@ -376,18 +383,21 @@ class QuantizeStage(Stage):
         self._batches = list(batches)
 
     def apply(self, model: nn.Module) -> nn.Module:
-        model = quantize(model, self.config)
+        model = quantize_(model, self.config)
         if self.config.a_calibrate is not None and self._batches and not self.config.a_clips:
             inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in self._batches]
-            clips = calibrate_act_clips(model, inputs, self.config.a_calibrate)
+            clips = calibrate_act_clips_(model, inputs, self.config.a_calibrate)
             if clips:
                 self.config = dataclasses.replace(self.config, a_clips=clips)
         return model
-
-    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
-        constrain_latent_weights(model)
 
     def after_epoch(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """After epoch ``epoch`` (0-based, so ``epoch + 1`` epochs of QAT are done): freeze BN
         statistics / observers once their epoch count is reached (idempotent)."""
         _apply_freezes(model, self.config, epochs_done=epoch + 1)
+
+
+# The former names (docs/api-conventions.md): importable, with a DeprecationWarning on each call.
+quantize = deprecated_alias(quantize_, "quantize")
+constrain_latent_weights = deprecated_alias(constrain_latent_weights_, "constrain_latent_weights")
+calibrate_act_clips = deprecated_alias(calibrate_act_clips_, "calibrate_act_clips")

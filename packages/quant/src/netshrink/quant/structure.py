@@ -58,6 +58,7 @@ from netshrink.quant.allowlist import (  # noqa: F401 - re-exported: the lists a
 from netshrink.quant.codeaudit import check_generated_code
 from netshrink.quant.layers import QUANT_LAYERS
 from netshrink.quant.observers import OBSERVERS
+from netshrink.quant.quant_add import QuantAdd
 from netshrink.quant.quantizers import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 
 _QUANT_TYPES = {cls.__name__: cls for cls in QUANT_LAYERS}
@@ -71,7 +72,7 @@ MAX_CONSTRUCTOR_INT = 2**31  # channel counts, kernel sizes, ... of a module
 
 class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (isinstance(m, (*QUANT_LAYERS, HasCodebookForm))
+        return (isinstance(m, (*QUANT_LAYERS, HasCodebookForm, QuantAdd))
                 or super().is_leaf_module(m, module_qualified_name))
 
 
@@ -334,6 +335,9 @@ def module_spec(m: nn.Module) -> dict[str, Any]:
                 "args": {k: encode_value(v) for k, v in m.deploy_args().items()},
                 **m.quant_spec()}
         module_from_spec(spec)
+    elif isinstance(m, QuantAdd):  # a quantized residual add (netshrink.quant.quant_add)
+        spec = {"type": "quant.QuantAdd", "args": m.spec()}
+        _check_rebuilt(m, module_from_spec(spec))
     else:
         spec = {"type": "nn." + _torch_base(type(m)).__name__, "args": _constructor_args(m)}
         if type(m) is not _torch_base(type(m)):
@@ -418,6 +422,9 @@ def module_from_spec(spec: Any) -> nn.Module:
             args = _scalar_args(spec.get("args", {}), _constructor_params(cls), spec["type"],
                                 sequences=True)
             return cls(**args)
+        if kind == "quant" and name == "QuantAdd" and set(spec) <= {"type", "args"}:
+            return QuantAdd(**_scalar_args(spec.get("args", {}), _constructor_params(QuantAdd),
+                                           spec["type"], sequences=False))
         if kind == "quant" and name in _QUANT_TYPES and set(spec) <= {
                 "type", "args", "weight_quant", "input_quant", "folded"}:
             cls = _QUANT_TYPES[name]

@@ -34,6 +34,9 @@ class WeightQuantizer(nn.Module):
     bits: float = 32.0
     #: Number of distinct codes (2 for binary, 3 for ternary, 2**k for k-bit); 0 = float codes.
     num_codes: int = 0
+    #: True when ``constrain_latent`` keeps the latent float weight in a set (binary: centred
+    #: and clipped to ``[-1, 1]``); the layer then applies it itself (``constrain_latent``).
+    constrains_latent: ClassVar[bool] = False
 
     def forward(self, w2d: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -49,6 +52,14 @@ class WeightQuantizer(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         """JSON-able constructor arguments (with ``kind``): enough to rebuild ``decode``."""
+        raise NotImplementedError
+
+    def constrain_latent(self, w2d: torch.Tensor, positions: int) -> torch.Tensor:
+        """The latent weight ``w2d`` (out-major, ``positions`` kernel positions innermost in
+        each row, 1 for Linear) moved into the set this quantizer trains in, as a new tensor.
+        Only called when ``constrains_latent`` is True; the quantized layer applies it in
+        place to its weight whenever that weight changed in place (an optimizer step, a mask)
+        before quantizing it, saving it or packing it, so no training loop has to."""
         raise NotImplementedError
 
     def integer_grid(self, codes: torch.Tensor, params: dict[str, torch.Tensor]

@@ -2,9 +2,11 @@
 
 Weights: codes ``b = sign(w)`` in {-1, +1} (stored as 0/1, one bit each); the weight is
 ``b * scale`` with ``scale = mean|w|`` per output channel (XNOR/BWN, ``scale=True``) or plain
-``b`` (BNN). The latent float weights are kept centred and clipped to ``[-1, 1]`` by
-``constrain_latent_weights`` (called after every optimizer step by the quantize stage), so
-``saturate_ste`` never freezes a weight for good. Gradients: the estimator on ``[-1, 1]``; the
+``b`` (BNN). The latent float weights are kept centred and clipped to ``[-1, 1]``
+(``constrain_latent``) by the quantized layer itself, each time the weight has changed in place
+(after an optimizer step) and before it is used, saved or packed: the same values as clipping
+right after every step, with no call in the training loop. So ``saturate_ste`` never freezes a
+weight for good. Gradients: the estimator on ``[-1, 1]``; the
 scale is treated as a constant.
 
 Centring (``centring``, see ``centre_latent``): ``"filter"`` subtracts the mean of each output
@@ -48,7 +50,7 @@ def binary_sign(v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-#: The ways ``constrain_latent_weights`` centres binary latent weights (``centre_latent``).
+#: The ways binary latent weights are centred (``centre_latent``).
 CENTRINGS: tuple[str, ...] = ("filter", "kernel_position", "none")
 
 
@@ -80,11 +82,12 @@ def _binary_scaled(w2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @WEIGHT_QUANTIZERS.register("binary")
 class BinaryWeight(WeightQuantizer):
     """Binary weights {-1, +1} (codes 0/1), per-output-channel ``mean|w|`` scale optional;
-    ``centring`` is how ``constrain_latent_weights`` centres the latent weights."""
+    ``centring`` is how ``constrain_latent`` centres the latent weights."""
 
     kind = "binary"
     bits = 1
     num_codes = 2
+    constrains_latent = True
 
     def __init__(self, estimator: str = "ste", scale: bool = True,
                  centring: str = "filter") -> None:
@@ -100,6 +103,10 @@ class BinaryWeight(WeightQuantizer):
         if not self.scale:
             return quantize_with_estimator(w2d, binary_sign, -1.0, 1.0, self.estimator)
         return quantize_scaled_with_estimator(w2d, _binary_scaled, -1.0, 1.0, self.estimator)
+
+    def constrain_latent(self, w2d: torch.Tensor, positions: int) -> torch.Tensor:
+        """Centred as ``centring`` says, then clipped to ``[-1, 1]`` (``centre_latent``)."""
+        return centre_latent(w2d, self.centring, positions)
 
     @torch.no_grad()
     def encode(self, w2d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

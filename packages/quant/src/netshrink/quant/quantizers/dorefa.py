@@ -119,7 +119,7 @@ class DoReFaAct(ActQuantizer):
         return quantize_with_estimator(x, fn, 0.0, c, self.estimator)
 
     def set_clip(self, clip: float) -> None:
-        """Use ``clip`` from now on (a calibrated clip, ``calibrate_act_clips``)."""
+        """Use ``clip`` from now on (a calibrated clip, ``calibrate_act_clips_``)."""
         self.clip = float(clip)
 
     def spec(self) -> dict[str, Any]:

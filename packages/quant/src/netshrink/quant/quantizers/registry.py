@@ -4,7 +4,7 @@
   each quantizer as its ``spec()`` (``kind`` plus constructor arguments), so a loaded model
   rebuilds the same quantizer classes by name (a user-registered class included).
 * ``QUANT_SCHEMES``: ``QuantConfig.scheme`` -> the handler that builds a layer's weight and
-  activation quantizers (``QuantScheme``): ``quantize`` makes one look-up, and the names
+  activation quantizers (``QuantScheme``): ``quantize_`` makes one look-up, and the names
   ``QuantConfig`` accepts are the registered ones.
 * ``KBIT_ACT_QUANTIZERS``: ``QuantConfig.a_quantizer`` -> how a k-bit activation quantizer is
   built (``KBitActQuantizer``), for the built-in schemes.
@@ -27,7 +27,7 @@ ACT_QUANTIZERS: Registry[type[ActQuantizer]] = Registry("activation quantizer")
 
 
 class QuantScheme:
-    """A quantization scheme's handler: the quantizers ``quantize`` puts in each layer.
+    """A quantization scheme's handler: the quantizers ``quantize_`` puts in each layer.
 
     ``weight`` / ``act`` get a precision other than 32 (float layers get no quantizer) and the
     config; ``shape`` is the layer's out-major weight shape ``(out, fan_in)``. ``validate``

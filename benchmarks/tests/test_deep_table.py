@@ -17,7 +17,11 @@ def test_deep_tables_chain_prune_share_code_and_their_stages_build() -> None:
         assert stage_from_description(chain[1].stages[0]).config.schedule == "agp"
     deep = TABLES.get("deep")
     low, channels = deep.row("r18-lowrank50"), deep.row("r18-channels50")
-    assert low.upstream == channels.upstream == "r18-float" and low.latency and channels.latency
-    assert stage_from_description(low.stages[0]).config.macs_target == 0.5
+    tucker = deep.row("r18-tucker50")
+    assert low.upstream == channels.upstream == tucker.upstream == "r18-float"
+    assert low.latency and channels.latency and tucker.latency
+    for row, method in ((low, "channel"), (tucker, "tucker2")):
+        config = stage_from_description(row.stages[0]).config
+        assert config.macs_target == 0.5 and config.method == method
+        assert row.schedule == channels.schedule
     assert stage_from_description(channels.stages[0]).kind == "prune.channels"
-    assert low.schedule == channels.schedule

@@ -14,8 +14,9 @@ from netshrink.lowrank import (
     layer_matrix,
     layer_svd,
     max_rank,
+    mode_unfoldings,
 )
-from netshrink.lowrank.plan import _macs, _shapes
+from netshrink.lowrank.plan import _macs, _shapes, _tucker_macs
 
 
 def _conv(**kw) -> nn.Conv2d:
@@ -78,6 +79,12 @@ FULL_RANK = [
     ("spatial", lambda: nn.Conv2d(6, 10, 3, stride=2, padding=1, padding_mode="reflect")),
     ("spatial", lambda: nn.Conv2d(6, 10, (5, 3), padding="same")),
     ("channel", lambda: nn.Conv2d(6, 10, 1, stride=2)),
+    ("tucker2", lambda: nn.Conv2d(6, 10, 3)),
+    ("tucker2", lambda: nn.Conv2d(6, 10, 3, stride=2, padding=1, dilation=2)),
+    ("tucker2", lambda: nn.Conv2d(6, 10, (3, 5), stride=(2, 1), padding=(1, 2),
+                                  padding_mode="reflect", bias=False)),
+    ("tucker2", lambda: nn.Conv2d(6, 10, (5, 3), padding="same", padding_mode="circular")),
+    ("tucker2", lambda: nn.Conv2d(12, 4, 3, padding=1)),  # in > out: each mode its own size
 ]
 
 
@@ -86,12 +93,68 @@ def test_full_rank_equals_the_original(scheme, make) -> None:
     torch.manual_seed(1)
     layer = make()
     module = factorise(layer, scheme, max_rank(layer, scheme))
-    x = torch.randn(3, 12) if scheme == "svd" else torch.randn(3, 6, 15, 16)
+    x = torch.randn(3, 12) if scheme == "svd" else torch.randn(3, layer.in_channels, 15, 16)
     with torch.no_grad():
         ref, out = layer(x), module(x)
     assert out.shape == ref.shape
     rel = float((out - ref).norm() / ref.norm())
     assert rel < 1e-5
+
+
+def _tucker_weight(module: nn.Sequential) -> torch.Tensor:
+    """The kernel the three Tucker-2 factors multiply out to (from the module's weights)."""
+    a, core, b = (m.weight[:, :, 0, 0] if m.kernel_size == (1, 1) else m.weight
+                  for m in module)
+    return torch.einsum("nr,rsyx,sc->ncyx", b, core, a)
+
+
+def _discarded(layer: nn.Module, rank: tuple[int, int]) -> tuple[float, float, float]:
+    """(d_in, d_out, cross): each mode's discarded squared singular values and the energy of
+    the part of the kernel outside both kept subspaces, ``||W x_0 (I-P_out) x_1 (I-P_in)||^2``
+    (from independent SVDs of the unfoldings, not from the factorisation)."""
+    w = layer.weight.detach().to(torch.float64)
+    m_in, m_out = mode_unfoldings(layer)
+    u_in, s_in, _ = torch.linalg.svd(m_in, full_matrices=False)
+    u_out, s_out, _ = torch.linalg.svd(m_out, full_matrices=False)
+    q_in = torch.eye(w.shape[1], dtype=w.dtype) - u_in[:, :rank[0]] @ u_in[:, :rank[0]].t()
+    q_out = torch.eye(w.shape[0], dtype=w.dtype) - u_out[:, :rank[1]] @ u_out[:, :rank[1]].t()
+    cross = torch.einsum("mn,cd,ndyx->mcyx", q_out, q_in, w)
+    return (float(s_in[rank[0]:].square().sum()), float(s_out[rank[1]:].square().sum()),
+            float(cross.square().sum()))
+
+
+@pytest.mark.parametrize("rank", [(2, 3), (6, 4), (3, 10), (1, 1), (5, 9)])
+def test_tucker2_error_is_what_the_discarded_mode_singular_values_predict(rank) -> None:
+    """The exact property: with P the projections on the kept singular vectors of each mode,
+    ``||W - W_r||^2 = d_in + d_out - ||W x_0 (I-P_out) x_1 (I-P_in)||^2`` (the kernel splits
+    into four orthogonal parts); hence ``max(d_in, d_out) <= ||W - W_r||^2 <= d_in + d_out``
+    (the HOSVD bound), with equality to the one mode's ``d`` when the other mode is full."""
+    layer = _conv()  # 6 -> 10, 3 x 3: full ranks (6, 10)
+    module = factorise(layer, "tucker2", rank)
+    with torch.no_grad():
+        err2 = float((_tucker_weight(module) - layer.weight).square().sum())
+    d_in, d_out, cross = _discarded(layer, rank)
+    assert err2 == pytest.approx(d_in + d_out - cross, rel=1e-9)
+    assert max(d_in, d_out) * (1 - 1e-9) <= err2 <= (d_in + d_out) * (1 + 1e-9)
+    if rank[0] == 6:
+        assert err2 == pytest.approx(d_out, rel=1e-9) and cross == pytest.approx(0, abs=1e-12)
+    if rank[1] == 10:
+        assert err2 == pytest.approx(d_in, rel=1e-9)
+    assert d_in + d_out > 0.1  # the truncation really drops something
+
+
+def test_tucker2_factors_are_orthonormal_and_the_module_computes_the_product() -> None:
+    layer = _conv(stride=2, padding=1, dilation=2, kernel_size=(3, 5))
+    module = factorise(layer, "tucker2", (4, 7))
+    a, b = module[0].weight[:, :, 0, 0], module[2].weight[:, :, 0, 0]
+    torch.testing.assert_close(a @ a.t(), torch.eye(4, dtype=a.dtype))
+    torch.testing.assert_close(b.t() @ b, torch.eye(7, dtype=b.dtype))
+    x = torch.randn(2, 6, 13, 17, dtype=torch.float64)
+    ref = nn.functional.conv2d(x, _tucker_weight(module), layer.bias, stride=2, padding=1,
+                               dilation=2)
+    torch.testing.assert_close(module(x), ref, rtol=1e-10, atol=1e-10)
+    assert [m.kernel_size for m in module] == [(1, 1), (3, 5), (1, 1)]
+    assert module[2].bias is not None and module[0].bias is None and module[1].bias is None
 
 
 def test_one_rank_below_full_is_not_exact() -> None:
@@ -119,6 +182,10 @@ def _expected_macs_params(layer: nn.Module, scheme: str, r: int, x: torch.Tensor
     if scheme == "channel":
         return orig, b * ho * wo * r * (c * kh * kw + n), n * c * kh * kw + bias, \
             r * (c * kh * kw + n) + bias
+    if scheme == "tucker2":
+        (r_in, r_out), hw = r, x.shape[2] * x.shape[3]
+        return orig, b * (hw * c * r_in + ho * wo * (r_in * r_out * kh * kw + r_out * n)), \
+            n * c * kh * kw + bias, c * r_in + r_in * r_out * kh * kw + r_out * n + bias
     w_in = x.shape[3]
     return orig, b * ho * r * (w_in * c * kh + wo * n * kw), n * c * kh * kw + bias, \
         r * (c * kh + n * kw) + bias
@@ -134,6 +201,9 @@ def _expected_macs_params(layer: nn.Module, scheme: str, r: int, x: torch.Tensor
     ("spatial", lambda: nn.Conv2d(16, 32, 3, padding=1), (2, 16, 10, 12), 6),
     ("spatial", lambda: nn.Conv2d(16, 32, 3, stride=2, padding=1, dilation=2),
      (1, 16, 11, 9), 6),
+    ("tucker2", lambda: nn.Conv2d(16, 32, 3, padding=1), (2, 16, 10, 12), (5, 7)),
+    ("tucker2", lambda: nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False),
+     (1, 16, 11, 9), (6, 4)),
 ])
 def test_macs_and_params_follow_the_formula(scheme, make, shape, r) -> None:
     torch.manual_seed(2)
@@ -148,7 +218,12 @@ def test_macs_and_params_follow_the_formula(scheme, make, shape, r) -> None:
     # the planner's own counts (used by the MACs search) agree with the measured ones
     wrapper = nn.Sequential(layer)
     calls = _shapes(wrapper, ["0"], x)["0"]
-    assert _macs(layer, scheme, calls) == (orig_macs, macs // r)
+    if scheme == "tucker2":
+        full, per_in, per_core, per_out = _tucker_macs(layer, calls)
+        assert full == orig_macs
+        assert r[0] * per_in + r[0] * r[1] * per_core + r[1] * per_out == macs
+    else:
+        assert _macs(layer, scheme, calls) == (orig_macs, macs // r)
 
 
 def test_energy_rank_is_the_smallest_rank_meeting_the_threshold() -> None:
@@ -173,6 +248,13 @@ def test_energy_rank_is_the_smallest_rank_meeting_the_threshold() -> None:
     (nn.Conv2d(4, 4, 3, groups=2), "channel", 1, "grouped/depthwise"),
     (nn.Conv2d(4, 4, (1, 3)), "spatial", 1, "at least 2 x 2"),
     (nn.Conv2d(4, 4, 3), "tucker", 1, "scheme='tucker' is not allowed"),
+    (nn.Conv2d(4, 4, 3, groups=2), "tucker2", (2, 2), "only groups=1"),
+    (nn.Conv2d(4, 6, 3), "tucker2", 3, r"rank=3 must be a pair \(r_in, r_out\) of integers "
+                                       r"in \[1, 4\] x \[1, 6\]"),
+    (nn.Conv2d(4, 6, 3), "tucker2", (5, 2), r"rank=\(5, 2\) must be a pair"),
+    (nn.Conv2d(4, 6, 3), "tucker2", (2, 0), r"rank=\(2, 0\)"),
+    (nn.Conv2d(4, 6, 3), "tucker2", (2, 2, 2), r"rank=\(2, 2, 2\)"),
+    (nn.Linear(4, 3), "tucker2", (2, 2), "factorises nn.Conv2d"),
 ])
 def test_bad_layer_scheme_or_rank_is_refused(layer, scheme, rank, match) -> None:
     with pytest.raises(ValueError, match=match):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from netshrink.core import STAGES, ModelStats, apply_recipe, stage_from_description
+from netshrink.core import STAGES, ModelStats, apply_recipe_, stage_from_description
 from netshrink.lowrank import LowRankConfig, LowRankStage, energy_rank, plan_low_rank
 from netshrink.models import create_model, load_model, save_model
 
@@ -48,6 +48,35 @@ def test_registered_and_described_as_json() -> None:
         LowRankStage({"energy": 0.8})
 
 
+def test_tucker2_energy_picks_each_modes_smallest_rank_and_records_pairs() -> None:
+    model = _model("nin")
+    stage = LowRankStage(LowRankConfig(method="tucker2", energy=0.7))
+    plan = plan_low_rank(model, stage.config)
+    tucker = [(n, r) for n, s, r in plan.ranks if s == "tucker2"]
+    assert tucker
+    for name, (r_in, r_out) in tucker:
+        (_, s_in, _), (_, s_out, _) = plan.candidates[name].svd
+        assert r_in == energy_rank(s_in.square().cumsum(0) / s_in.square().sum(), 0.7)
+        assert r_out == energy_rank(s_out.square().cumsum(0) / s_out.square().sum(), 0.7)
+        assert model.get_submodule(name).kernel_size != (1, 1)
+    stage.apply(model)
+    record = json.loads(json.dumps(stage.describe()))
+    assert record["config"]["ranks"][tucker[0][0]] == {"scheme": "tucker2",
+                                                       "rank": list(tucker[0][1])}
+    assert stage_from_description(record).ranks == stage.ranks
+
+
+def test_tucker2_record_naming_a_grouped_conv_names_the_layer() -> None:
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3, groups=2))
+    stage = LowRankStage(LowRankConfig(ranks={"1": {"scheme": "tucker2", "rank": [2, 2]}}))
+    with pytest.raises(ValueError, match=r"layer '1': scheme 'tucker2' leaves grouped/depthwise "
+                                         r"convs alone \(groups=2\); only groups=1"):
+        stage.rebuild(model)
+    plan = plan_low_rank(model, LowRankConfig(method="tucker2", skip_first=False,
+                                              skip_last=False, input_shape=[1, 4, 12, 12]))
+    assert plan.left_alone["1"] == "grouped or depthwise conv"
+
+
 def test_energy_picks_each_layers_smallest_rank_meeting_it() -> None:
     model = _model("nin")
     plan = plan_low_rank(model, LowRankConfig(method="spatial", energy=0.6))
@@ -61,9 +90,10 @@ def test_energy_picks_each_layers_smallest_rank_meeting_it() -> None:
 
 
 @pytest.mark.parametrize(("name", "method"), [
-    ("nin", "channel"), ("nin", "spatial"),
+    ("nin", "channel"), ("nin", "spatial"), ("nin", "tucker2"),
     pytest.param("resnet18_cifar", "channel", marks=pytest.mark.slow),
-    pytest.param("resnet18_cifar", "spatial", marks=pytest.mark.slow)])
+    pytest.param("resnet18_cifar", "spatial", marks=pytest.mark.slow),
+    pytest.param("resnet18_cifar", "tucker2", marks=pytest.mark.slow)])
 def test_macs_target_half_is_met_as_closely_as_the_search_allows(name, method) -> None:
     model = _model(name)
     before = ModelStats.measure(model, X)
@@ -77,9 +107,11 @@ def test_macs_target_half_is_met_as_closely_as_the_search_allows(name, method) -
     slack = 0.5 * before.macs - after.macs
     for layer, _, rank in plan.ranks:
         c = plan.candidates[layer]
-        if rank < c.max_rank:
-            assert c.cost(rank + 1) - c.cost(rank) > slack
+        for new, _gain in c.steps(rank):  # one per mode for tucker2
+            assert c.cost(new) - c.cost(rank) > slack
     assert after.macs > 0.49 * before.macs
+    if method == "tucker2":
+        assert {s for _, s, _ in plan.ranks} == {"channel", "tucker2"}
 
 
 def test_unreachable_macs_target_is_a_value_error() -> None:
@@ -87,13 +119,14 @@ def test_unreachable_macs_target_is_a_value_error() -> None:
         LowRankStage(LowRankConfig(macs_target=0.05)).apply(_model("nin"))
 
 
-def test_save_and_load_round_trip_is_exact(tmp_path) -> None:
+@pytest.mark.parametrize("method", ["spatial", "tucker2"])
+def test_save_and_load_round_trip_is_exact(tmp_path, method) -> None:
     model = _model("nin", seed=3)
-    stage = LowRankStage(LowRankConfig(method="spatial", macs_target=0.5, min_rank=2))
-    small = apply_recipe(model, [stage])
+    stage = LowRankStage(LowRankConfig(method=method, macs_target=0.5, min_rank=2))
+    small = apply_recipe_(model, [stage])
     path = save_model(tmp_path / "m.safetensors", small, recipe=[stage])
     loaded = load_model(path)
-    assert {s for _, s, _ in stage.ranks} == {"channel", "spatial"}
+    assert {s for _, s, _ in stage.ranks} == {"channel", method}
     assert loaded.state_dict().keys() == small.state_dict().keys()
     for key, value in small.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -120,8 +153,10 @@ def test_rebuild_refuses_a_record_naming_a_missing_or_wrong_layer() -> None:
         stage.rebuild(_model("nin"))
 
 
-def test_factorised_model_traces_with_fx_and_trains() -> None:
-    small = LowRankStage(LowRankConfig(macs_target=0.5)).apply(_model("resnet18_cifar"))
+@pytest.mark.parametrize("method", ["channel", "tucker2"])
+def test_factorised_model_traces_with_fx_and_trains(method) -> None:
+    small = LowRankStage(LowRankConfig(method=method, macs_target=0.5)).apply(
+        _model("resnet18_cifar"))
     traced = torch.fx.symbolic_trace(small)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(traced(x), small(x))
@@ -136,16 +171,19 @@ def test_factorised_model_traces_with_fx_and_trains() -> None:
     assert torch.isfinite(loss) and not torch.equal(small.layer2[0].conv1[0].weight, before)
 
 
-def test_prune_and_quant_act_on_the_factorised_model(tmp_path) -> None:
+@pytest.mark.parametrize("method", ["channel", "tucker2"])
+def test_prune_and_quant_act_on_the_factorised_model(tmp_path, method) -> None:
     prune = pytest.importorskip("netshrink.prune")
     quant = pytest.importorskip("netshrink.quant")
-    small = LowRankStage(LowRankConfig(macs_target=0.5)).apply(_model("nin"))
+    small = LowRankStage(LowRankConfig(method=method, macs_target=0.5)).apply(_model("nin"))
     pruned = prune.prune_channels(small, X, prune.ChannelPruneConfig(criterion="l1",
                                                                       amount=0.25))
     assert ModelStats.measure(pruned, X).macs < ModelStats.measure(small, X).macs
-    q = quant.quantize(pruned, quant.QuantConfig(w=8, a=8)).eval()
+    q = quant.quantize_(pruned, quant.QuantConfig(w=8, a=8)).eval()
     names = [n for n, _ in quant.quantized_layers(q)]
     assert "features.conv2.0" in names and "features.conv2.1" in names
+    if method == "tucker2":  # a k x k conv became three quantized convs
+        assert {"features.conv4.0", "features.conv4.1", "features.conv4.2"} <= set(names)
     x = torch.randn(2, 3, 32, 32)
     path = quant.save_packed(q, tmp_path / "q.safetensors")
     assert torch.equal(quant.load_packed(path)(x), q(x))
@@ -183,6 +221,10 @@ def test_method_svd_leaves_kxk_convs_and_min_rank_is_kept() -> None:
     ({"ranks": {"fc": {"scheme": "svd"}}}, "ranks="),
     ({"ranks": [("fc", "svd", 2), ("fc", "svd", 3)]}, "names a module twice"),
     ({"ranks": 3}, "ranks=3"),
+    ({"ranks": {"c": {"scheme": "tucker2", "rank": 2}}}, "ranks="),
+    ({"ranks": {"c": {"scheme": "tucker2", "rank": [2, 0]}}}, "ranks="),
+    ({"ranks": {"c": {"scheme": "tucker2", "rank": [2, 2, 2]}}}, "ranks="),
+    ({"ranks": {"c": {"scheme": "svd", "rank": [2, 2]}}}, "ranks="),
 ])
 def test_bad_config_values_name_the_field(kwargs, field) -> None:
     with pytest.raises(ValueError) as err:

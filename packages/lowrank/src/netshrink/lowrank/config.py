@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from netshrink.core import check_choice, check_float, check_int
-from netshrink.lowrank.decompose import SCHEMES
+from netshrink.lowrank.decompose import SCHEMES, Rank
 
-METHODS: tuple[str, ...] = ("svd", "channel", "spatial")
+METHODS: tuple[str, ...] = ("svd", "channel", "spatial", "tucker2")
 DEFAULT_ENERGY = 0.9
 
-#: (module name, scheme, rank) per factorised layer
-Ranks = tuple[tuple[str, str, int], ...]
+#: (module name, scheme, rank) per factorised layer; a ``tucker2`` rank is ``(r_in, r_out)``
+Ranks = tuple[tuple[str, str, Rank], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,13 +23,16 @@ class LowRankConfig:
     ``method``: how ``k x k`` convolutions (k > 1) are treated: ``"svd"`` leaves them alone
     (only linear layers and 1x1 convs, which are matrices, are factorised), ``"channel"``
     factorises them into a ``k x k`` conv to r channels and a 1x1 conv, ``"spatial"`` into a
-    ``k x 1`` and a ``1 x k`` conv (see ``decompose``). Linear layers always use a truncated
-    SVD and 1x1 convs the channel scheme. Grouped and depthwise convs are always left alone.
+    ``k x 1`` and a ``1 x k`` conv, ``"tucker2"`` into a 1x1 conv to ``r_in`` channels, a
+    ``k x k`` conv ``r_in -> r_out`` and a 1x1 conv (Tucker-2 by HOSVD; see ``decompose``).
+    Linear layers always use a truncated SVD and 1x1 convs the channel scheme. Grouped and
+    depthwise convs are always left alone.
 
     The rank per layer: ``energy`` (default 0.9), the least share of the sum of squared
-    singular values each layer keeps, in (0, 1]; or ``macs_target``, the fraction of the
-    model's MACs (on ``input_shape``) the factorised model may have, in (0, 1], the ranks then
-    being searched (``ranks.search_ranks``); give one or the other. ``min_rank``: the least
+    singular values each layer keeps, in (0, 1] (for ``tucker2``, of each mode's); or
+    ``macs_target``, the fraction of the model's MACs (on ``input_shape``) the factorised
+    model may have, in (0, 1], the ranks then being searched (``ranks.search_ranks``); give
+    one or the other. ``min_rank``: the least
     rank any factorised layer gets. A layer is only factorised when its MACs go down.
 
     ``skip``: module names or fnmatch patterns left alone; ``skip_first`` / ``skip_last``:
@@ -38,7 +41,7 @@ class LowRankConfig:
 
     ``ranks``: the factorised layers (name -> scheme and rank), recorded by the stage so that
     ``rebuild`` recreates the structure; a mapping ``{name: {"scheme": s, "rank": r}}`` or
-    triples ``(name, scheme, rank)``.
+    triples ``(name, scheme, rank)``; a ``tucker2`` rank is a pair ``[r_in, r_out]``.
     """
 
     method: str = "channel"
@@ -85,7 +88,7 @@ class LowRankConfig:
 def _as_ranks(raw: Any) -> Ranks:
     """Normalise the ``ranks`` record; ValueError naming the field for anything malformed."""
     problem = (f"ranks={raw!r} must map module names to {{'scheme': one of {list(SCHEMES)}, "
-               f"'rank': a positive integer}}")
+               f"'rank': a positive integer (a pair [r_in, r_out] for 'tucker2')}}")
     try:
         if isinstance(raw, Mapping):
             items = [(name, entry["scheme"], entry["rank"]) if isinstance(entry, Mapping)
@@ -96,8 +99,12 @@ def _as_ranks(raw: Any) -> Ranks:
             raise ValueError(problem)
         out = []
         for name, scheme, rank in items:
-            if (not isinstance(name, str) or not name or scheme not in SCHEMES
-                    or isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            if scheme == "tucker2" and isinstance(rank, (list, tuple)):
+                rank = tuple(rank)
+                valid = len(rank) == 2 and all(_positive_int(r) for r in rank)
+            else:
+                valid = scheme != "tucker2" and _positive_int(rank)
+            if not isinstance(name, str) or not name or scheme not in SCHEMES or not valid:
                 raise ValueError(problem)
             out.append((name, scheme, rank))
     except (TypeError, KeyError) as err:
@@ -107,3 +114,7 @@ def _as_ranks(raw: Any) -> Ranks:
     if len({name for name, _, _ in out}) != len(out):
         raise ValueError(f"ranks={raw!r} names a module twice")
     return tuple(out)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -19,8 +19,15 @@ from torch import nn
 
 from netshrink.core import count_macs
 from netshrink.lowrank.config import LowRankConfig, Ranks
-from netshrink.lowrank.decompose import build_factorised, factorise, layer_svd, max_rank
-from netshrink.lowrank.ranks import Candidate, energy_rank, search_ranks
+from netshrink.lowrank.decompose import (
+    Rank,
+    build_factorised,
+    factorise,
+    layer_svd,
+    max_rank,
+    tucker_hosvd,
+)
+from netshrink.lowrank.ranks import AnyCandidate, Candidate, TuckerCandidate, search_ranks
 
 GROUPED_NOTE = "grouped and depthwise convolutions are left alone"
 
@@ -35,7 +42,7 @@ class LowRankPlan:
     left_alone: dict[str, str]
     macs_before: int
     macs_after: int
-    candidates: dict[str, Candidate]
+    candidates: dict[str, AnyCandidate]
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -53,6 +60,8 @@ def _scheme(layer: nn.Module, method: str) -> str | None:
         return "channel"
     if method == "svd":
         return None
+    if method == "tucker2":
+        return "tucker2"
     return "spatial" if method == "spatial" and kh > 1 and kw > 1 else "channel"
 
 
@@ -97,6 +106,40 @@ def _macs(layer: nn.Module, scheme: str, calls: list[tuple[torch.Size, torch.Siz
     return macs, per_rank
 
 
+def _tucker_macs(layer: nn.Conv2d, calls: list[tuple[torch.Size, torch.Size]]
+                 ) -> tuple[int, int, int, int]:
+    """(MACs as it is, per unit of r_in, per unit of r_in*r_out, per unit of r_out) of a
+    Tucker-2 factorisation, summed over the calls: the first 1x1 runs at the input's size."""
+    macs = per_in = per_core = per_out = 0
+    n, c, kh, kw = layer.weight.shape
+    for in_shape, out_shape in calls:
+        b, ho, wo = out_shape[0], out_shape[-2], out_shape[-1]
+        macs += b * ho * wo * n * c * kh * kw
+        per_in += b * in_shape[-2] * in_shape[-1] * c
+        per_core += b * ho * wo * kh * kw
+        per_out += b * ho * wo * n
+    return macs, per_in, per_core, per_out
+
+
+def _candidate(name: str, layer: nn.Module, scheme: str,
+               calls: list[tuple[torch.Size, torch.Size]], min_rank: int
+               ) -> AnyCandidate | None:
+    """The layer's candidate (with its SVD or HOSVD), or None when no rank of at least
+    ``min_rank`` makes it cheaper (checked before the decomposition is computed)."""
+    if scheme == "tucker2":
+        macs, per_in, per_core, per_out = _tucker_macs(layer, calls)
+        full_in, full_out = max_rank(layer, scheme)
+        floor = (min(min_rank, full_in), min(min_rank, full_out))
+        if floor[0] * per_in + floor[0] * floor[1] * per_core + floor[1] * per_out >= macs:
+            return None
+        return TuckerCandidate(name, scheme, tucker_hosvd(layer), macs, per_in, per_core,
+                               per_out)
+    macs, per_rank = _macs(layer, scheme, calls)
+    if min(min_rank, max_rank(layer, scheme)) * per_rank >= macs:
+        return None
+    return Candidate(name, scheme, layer_svd(layer, scheme), macs, per_rank)
+
+
 def example_input(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     """Zeros of ``shape`` on the model's device, in its parameters' dtype."""
     ref = next(iter(model.parameters()), torch.empty(0))
@@ -129,24 +172,24 @@ def plan_low_rank(model: nn.Module, config: LowRankConfig,
             chosen.append((name, layer, scheme))
     shapes = _shapes(model, [n for n, _, _ in chosen], example)
     macs_before = count_macs(model, example)
-    candidates: dict[str, Candidate] = {}
+    candidates: dict[str, AnyCandidate] = {}
     for name, layer, scheme in chosen:
         if not shapes[name]:
             left[name] = f"not called by the forward pass on input_shape {config.input_shape}"
             continue
-        macs, per_rank = _macs(layer, scheme, shapes[name])
-        if min(config.min_rank, max_rank(layer, scheme)) * per_rank >= macs:
+        candidate = _candidate(name, layer, scheme, shapes[name], config.min_rank)
+        if candidate is None:
             left[name] = f"no rank >= min_rank={config.min_rank} reduces its MACs"
             continue
-        candidates[name] = Candidate(name, scheme, layer_svd(layer, scheme), macs, per_rank)
+        candidates[name] = candidate
     fixed = macs_before - sum(c.macs for c in candidates.values())
     if config.macs_target is not None:
         chosen_ranks = search_ranks(list(candidates.values()), fixed,
                                     config.macs_target * macs_before, config.min_rank)
     else:
-        chosen_ranks = {n: energy_rank(c.shares, config.energy, config.min_rank)
+        chosen_ranks = {n: c.rank_at(config.energy, config.min_rank)
                         for n, c in candidates.items()}
-    ranks: list[tuple[str, str, int]] = []
+    ranks: list[tuple[str, str, Rank]] = []
     for name, c in candidates.items():
         r = chosen_ranks[name]
         if c.factorised(r):
@@ -160,7 +203,7 @@ def plan_low_rank(model: nn.Module, config: LowRankConfig,
 
 
 def apply_ranks(model: nn.Module, ranks: Ranks,
-                candidates: Mapping[str, Candidate] | None = None, *,
+                candidates: Mapping[str, AnyCandidate] | None = None, *,
                 weights: bool = True) -> nn.Module:
     """Replace each named layer by its factorisation at the given rank, in place.
 
@@ -173,11 +216,14 @@ def apply_ranks(model: nn.Module, ranks: Ranks,
         except AttributeError as err:
             raise ValueError(f"ranks names module {name!r}, which the model does not have"
                              ) from err
-        if not weights:
-            new = build_factorised(layer, scheme, rank)
-        else:
-            svd = candidates[name].svd if candidates and name in candidates else None
-            new = factorise(layer, scheme, rank, svd)
+        try:
+            if not weights:
+                new = build_factorised(layer, scheme, rank)
+            else:
+                svd = candidates[name].svd if candidates and name in candidates else None
+                new = factorise(layer, scheme, rank, svd)
+        except ValueError as err:  # name the layer: the record may come from a file
+            raise ValueError(f"layer {name!r}: {err}") from err
         model.set_submodule(name, new)
     return model
 

@@ -45,7 +45,7 @@ class LowRankStage(Stage):
         self.plan = plan = plan_low_rank(model, self.config, example)
         apply_ranks(model, plan.ranks, plan.candidates)
         for c in plan.candidates.values():  # keep the singular values, free U and V
-            c.svd = (c.svd[0].new_empty(0), c.svd[1], c.svd[2].new_empty(0))
+            c.release()
         macs_after = count_macs(model, example)
         if macs_after != plan.macs_after:
             raise RuntimeError(f"low rank: the factorised model has {macs_after} MACs, the plan "
@@ -62,8 +62,9 @@ class LowRankStage(Stage):
 
     def describe(self) -> dict[str, Any]:
         record = super().describe()
-        record["config"]["ranks"] = {name: {"scheme": scheme, "rank": rank}
-                                     for name, scheme, rank in self.ranks}
+        record["config"]["ranks"] = {
+            name: {"scheme": scheme, "rank": list(rank) if isinstance(rank, tuple) else rank}
+            for name, scheme, rank in self.ranks}
         record["note"] = GROUPED_NOTE
         if self.report:
             record["report"] = self.report

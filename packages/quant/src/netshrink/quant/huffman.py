@@ -17,6 +17,17 @@ most 1); it then decodes exactly ``count`` symbols and refuses a stream that run
 reaches a bit pattern no code starts, or that leaves a whole unused byte. Every problem is a
 ``HuffmanError`` (a ValueError).
 
+Decoding is vectorised and runs over the payload in chunks of ``DECODE_CHUNK_BYTES`` bytes, so
+beyond the ``count`` output symbols it takes O(chunk) memory (about 17 bytes per chunk bit, and
+two lookup tables of ``2**longest`` entries, at most 2 MiB for alphabets up to 256) whatever
+the payload's size. In a chunk, every bit position gets the code that would start there (a
+table lookup of the next ``longest`` bits) and so the position of the next code; the codes
+actually in the stream are the chain of positions from the chunk's first code, which is
+followed ``ANCHOR_STRIDE`` codes at a time (jump pointers built by doubling; a short Python loop
+over those anchors only) and filled in between, ``ANCHOR_STRIDE`` vectorised gathers for all
+anchors at once. The next chunk starts at the byte of the first code that did not start inside
+this one.
+
 Position streams (``mask_to_gaps``): the zeros before each kept weight, as symbols 0..254, with
 symbol 255 standing for 255 zeros and no kept weight (the ``filler`` of the paper), so the
 alphabet stays at 256 whatever the gaps; zeros after the last kept weight are coded the same
@@ -26,7 +37,6 @@ way, so a stream always accounts for all but fewer than 255 of the layer's posit
 from __future__ import annotations
 
 import heapq
-from array import array
 
 import numpy as np
 import torch
@@ -38,6 +48,10 @@ _LENGTH_BITS = 5
 GAP_ALPHABET = 256
 _FILLER = GAP_ALPHABET - 1
 _INVALID = 255  # table entry of a bit pattern no code starts
+#: payload bytes decoded at a time (memory is O(this), not O(payload))
+DECODE_CHUNK_BYTES = 1 << 15
+#: codes followed per anchor (a power of two: built by doubling the next-code pointers)
+ANCHOR_STRIDE = 64
 
 
 class HuffmanError(ValueError):
@@ -123,7 +137,10 @@ def huffman_encode(symbols: np.ndarray, alphabet: int) -> bytes:
 def huffman_decode(payload: bytes | np.ndarray, alphabet: int, count: int) -> np.ndarray:
     """Exactly ``count`` symbols (int64) from ``huffman_encode``'s stream (see the module
     docstring for what is checked)."""
-    data = np.frombuffer(bytes(payload), dtype=np.uint8)
+    try:  # a view of the caller's bytes, not a copy
+        data = np.frombuffer(payload, dtype=np.uint8)
+    except (TypeError, ValueError, BufferError):  # e.g. a non-contiguous array
+        data = np.frombuffer(bytes(payload), dtype=np.uint8)
     head = header_nbytes(alphabet)
     if data.size < head:
         raise HuffmanError(f"a stream over {alphabet} symbols needs a {head}-byte header, "
@@ -144,38 +161,72 @@ def huffman_decode(payload: bytes | np.ndarray, alphabet: int, count: int) -> np
     if longest == 0:
         raise HuffmanError(f"the stream declares {count} symbols but no code")
     table_len = np.full(2 ** longest, _INVALID, dtype=np.uint8)
-    table_sym = np.zeros(2 ** longest, dtype=np.int64)
+    table_sym = np.zeros(2 ** longest, dtype=np.uint8 if alphabet <= 256 else np.int64)
     for s in np.flatnonzero(lengths).tolist():
         lo = int(codes[s]) << (longest - int(lengths[s]))
         hi = (int(codes[s]) + 1) << (longest - int(lengths[s]))
         table_len[lo:hi], table_sym[lo:hi] = lengths[s], s
+    out = np.empty(count, dtype=np.int64)
     nbits = 8 * body.size
-    bits = np.concatenate([np.unpackbits(body), np.zeros(longest, dtype=np.uint8)])
-    # the next `longest` (<= 20) bits at every position: int32, 4 bytes per payload bit
-    window = np.zeros(nbits, dtype=np.int32)
-    for j in range(longest):
-        window = (window << 1) | bits[j: j + nbits]
-    step = table_len[window]
-    starts = array("q", bytes(8 * count))
-    jumps = step.tobytes()
-    p, done = 0, 0
-    try:
-        for done in range(count):
-            starts[done] = p
-            p += jumps[p]
-        done = count
-    except IndexError:
-        pass  # ran past the stream: a bad pattern or too few bits, told apart below
-    at = np.frombuffer(starts, dtype=np.int64)[:done]
-    if bool((step[at] == _INVALID).any()):
-        raise HuffmanError("the stream holds a bit pattern that starts no code")
+    p = done = 0  # the next code's bit position; symbols decoded
+    while done < count and p < nbits:
+        first = p >> 3
+        n = min(8 * DECODE_CHUNK_BYTES, nbits - 8 * first)  # code starts looked at
+        window = _windows(body[first: first + DECODE_CHUNK_BYTES + 4], n, longest)
+        step = table_len[window]
+        starts = _chain(step, p - 8 * first, count - done)
+        bad = step[starts] == _INVALID
+        if bool(bad.any()):
+            raise HuffmanError("the stream holds a bit pattern that starts no code")
+        out[done: done + starts.size] = table_sym[window[starts]]
+        done += starts.size
+        last = int(starts[-1])
+        p = 8 * first + last + int(step[last])
     if done < count:
         raise HuffmanError(f"the stream ends after fewer than {count} symbols")
     if p > nbits:
         raise HuffmanError(f"the stream ends inside symbol {count - 1}")
     if nbits - p >= 8:
         raise HuffmanError(f"{(nbits - p) // 8} unused byte(s) follow the {count} symbols")
-    return table_sym[window[at]]
+    return out
+
+
+def _windows(chunk: np.ndarray, n: int, longest: int) -> np.ndarray:
+    """The ``longest`` (<= 20) bits from each of the first ``n`` bit positions of ``chunk``
+    (zero bits past its end), as int32: four bytes read big-endian at each position's byte."""
+    padded = np.zeros(chunk.size + 4, dtype=np.uint32)
+    padded[: chunk.size] = chunk
+    nbytes = (n + 7) >> 3
+    word = ((padded[:nbytes] << 24) | (padded[1: nbytes + 1] << 16)
+            | (padded[2: nbytes + 2] << 8) | padded[3: nbytes + 3])
+    pos = np.arange(n, dtype=np.uint32)
+    shift = np.uint32(32 - longest) - (pos & np.uint32(7))
+    mask = np.uint32((1 << longest) - 1)
+    return ((word[pos >> np.uint32(3)] >> shift) & mask).astype(np.int32)
+
+
+def _chain(step: np.ndarray, start: int, most: int) -> np.ndarray:
+    """Positions of the codes from ``start`` on (at most ``most``) that start before
+    ``step.size``, ``step`` being the code length (or ``_INVALID``, a long jump) at each
+    position. A position past the end maps to the sink ``n``."""
+    n = step.size
+    nxt = np.empty(n + 1, dtype=np.int32)
+    np.minimum(np.arange(n, dtype=np.int32) + step, n, out=nxt[:n])
+    nxt[n] = n
+    jump = nxt
+    for _ in range(ANCHOR_STRIDE.bit_length() - 1):  # jump = nxt applied ANCHOR_STRIDE times
+        jump = jump[jump]
+    anchors = []
+    q, limit = start, -(-most // ANCHOR_STRIDE)
+    while q < n and len(anchors) < limit:  # at most n / ANCHOR_STRIDE + 1 rounds
+        anchors.append(q)
+        q = int(jump[q])
+    rows = np.empty((len(anchors), ANCHOR_STRIDE), dtype=np.int32)
+    rows[:, 0] = anchors
+    for j in range(1, ANCHOR_STRIDE):
+        rows[:, j] = nxt[rows[:, j - 1]]
+    flat = rows.reshape(-1)
+    return flat[: min(int(np.searchsorted(flat, n)), most)]  # increasing until the sink
 
 
 def mask_to_gaps(mask: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from netshrink.bench.data import synthetic
 from netshrink.bench.engine import DistEnv
 from netshrink.bench.tables import NO_TRAINING, PROFILE_SETTINGS, TABLES, Row, Schedule, Table
 from netshrink.bench.tables.auto import W4, auto_mixed, auto_prune
+from netshrink.bench.tables.report import markdown
 from netshrink.bench.tables.runner import FINAL, RunContext, run_table
 from netshrink.models import load_model
 
@@ -37,6 +38,7 @@ def test_rows_pair_auto_and_uniform_at_equal_budget_and_schedule() -> None:
     for short, uniform_prune in (("nin", "nin-uniform-prune"), ("r18", "r18-l1-normal")):
         pairs = ((uniform_prune, f"{short}-auto-prune"),
                  (f"{short}-uniform-w4", f"{short}-auto-mixed"),
+                 (f"{short}-uniform-w2", f"{short}-auto-mixed-w2"),
                  (f"{short}-uniform-prune-w4", f"{short}-auto-prune-mixed"))
         for uniform, auto in pairs:
             u, a = table.row(uniform), table.row(auto)
@@ -44,6 +46,29 @@ def test_rows_pair_auto_and_uniform_at_equal_budget_and_schedule() -> None:
             assert [s["kind"].split(".")[0] for s in a.stages] == ["auto"]
         assert table.row(f"{short}-auto-prune").stages[0]["config"]["macs_target"] == \
             table.row(uniform_prune).stages[0]["config"]["prune"]["macs_target"] == 0.5
+
+
+def _result(acc: float, recipe: list[dict]) -> dict:
+    return {"metrics": {"accuracy": acc, "gmacs": 0.01, "params": 1000, "size_bytes": 1000},
+            "recipe": recipe, "date": "2026-01-02T00:00:00", "profile": "quick",
+            "device": "cpu", "world_size": 1, "torch": "x",
+            "dataset": {"name": "d", "train_images": 1, "test_images": 1}}
+
+
+def test_search_time_is_a_column_summed_over_the_recipe() -> None:
+    table = Table(name="t", title="T", baseline="f", rows=(
+        Row("f", "float"), Row("u", "uniform"), Row("a", "auto"), Row("am", "auto then mixed")))
+    prune_ = {"kind": "auto.prune", "config": {"macs_target": 0.5, "search_seconds": 12.4}}
+    mixed = {"kind": "auto.mixed", "config": {"size_like": 4, "search_seconds": 30.2}}
+    results = {"f": _result(0.5, []), "u": _result(0.4, [W4]), "a": _result(0.45, [prune_]),
+               "am": _result(0.44, [prune_, mixed])}  # its upstream's search included
+    lines = markdown(results, table).splitlines()
+    assert lines[2].endswith("| search (s) |")
+    assert next(x for x in lines if x.startswith("| uniform |")).endswith("| - |")
+    assert next(x for x in lines if x.startswith("| auto |")).endswith("| 12 |")
+    assert next(x for x in lines if x.startswith("| auto then mixed |")).endswith("| 43 |")
+    no_search = markdown({"f": results["f"], "u": results["u"]}, table)
+    assert "search (s)" not in no_search  # other tables keep their columns
 
 
 ONE = Schedule(epochs={"full": 1, "quick": 1, "smoke": 1}, lr=0.05, batch_size=32)
@@ -71,3 +96,25 @@ def test_toy_run_meets_the_budgets_and_loads_back(tmp_path: Path) -> None:
     for row in ("auto-prune", "auto-mixed"):
         model = load_model(ctx.run_dir(row) / FINAL)  # rebuilt from the recorded choice
         assert model is not None
+
+
+def test_each_model_s_rows_compare_against_its_own_float_row() -> None:
+    """The auto table holds two models: a nin row's loss is against nin-float, not r18-float."""
+    from netshrink.bench.tables.report import derived
+
+    table = TABLES.get("auto")
+
+    def result(accuracy: float, size: int) -> dict:
+        return {"metrics": {"accuracy": accuracy, "size_bytes": size}}
+
+    results = {"nin-float": result(0.60, 1000), "r18-float": result(0.47, 4000),
+               "nin-uniform-w4": result(0.59, 250), "r18-uniform-w4": result(0.46, 500)}
+    d = derived(results, table)
+    assert d["nin-float"]["accuracy_loss_pp"] == 0
+    assert abs(d["nin-uniform-w4"]["accuracy_loss_pp"] - 1.0) < 1e-9
+    assert d["nin-uniform-w4"]["compression"] == 4.0
+    assert abs(d["r18-uniform-w4"]["accuracy_loss_pp"] - 1.0) < 1e-9
+    assert d["r18-uniform-w4"]["compression"] == 8.0
+    # a one-model table keeps its single baseline
+    micronet = TABLES.get("micronet")
+    assert micronet.baseline_of("nin_gc-float") == micronet.baseline

@@ -13,7 +13,7 @@ from auto_testing import data, make_model
 
 from netshrink.auto import AutoMixedConfig, AutoMixedStage, AutoPruneConfig, AutoPruneStage
 from netshrink.core import count_macs, stage_from_description
-from netshrink.quant import QuantConfig, quantize, quantized_layers, save_packed
+from netshrink.quant import QuantConfig, quantize_, quantized_layers, save_packed
 
 X = torch.zeros(1, 3, 8, 8)
 
@@ -44,7 +44,7 @@ def test_auto_prune_meets_the_macs_target_and_rebuilds(bottleneck_model) -> None
 
 def test_auto_mixed_meets_the_w4_size_and_rebuilds(bottleneck_model) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        w4 = quantize(make_model().eval(), QuantConfig(w=4, a=32, first="same", last="same"))
+        w4 = quantize_(make_model().eval(), QuantConfig(w=4, a=32, first="same", last="same"))
         w4.load_state_dict(bottleneck_model.state_dict(), strict=False)
         stage = AutoMixedStage(AutoMixedConfig(size_like=4))
         stage.use_data(_batches())
@@ -59,9 +59,25 @@ def test_auto_mixed_meets_the_w4_size_and_rebuilds(bottleneck_model) -> None:
     fresh.load_state_dict(model.state_dict())
 
 
+def test_auto_mixed_smallest_within_an_accuracy_loss(bottleneck_model) -> None:
+    stage = AutoMixedStage(AutoMixedConfig(max_loss=0.02))
+    stage.use_data(_batches())
+    model = stage.apply(bottleneck_model)
+    record = stage.describe()["config"]
+    with tempfile.TemporaryDirectory() as tmp:
+        size = save_packed(model.eval(), Path(tmp) / "m.safetensors").stat().st_size
+        w8 = quantize_(make_model().eval(), QuantConfig(w=8, a=32, first="same", last="same"))
+        w8.load_state_dict(bottleneck_model.state_dict(), strict=False)
+        assert size == record["budget"] < save_packed(w8, Path(tmp) / "w8.safetensors"
+                                                       ).stat().st_size
+    assert record["max_loss"] == 0.02 and record["precisions"]
+
+
 def test_configs_name_bad_values() -> None:
     with pytest.raises(ValueError, match="give exactly one of them"):
         AutoMixedConfig()
+    with pytest.raises(ValueError, match="give exactly one of them"):
+        AutoMixedConfig(size_like=4, max_loss=0.01)
     with pytest.raises(ValueError, match="size_like=5 is not a precision"):
         AutoMixedConfig(size_like=5)
     with pytest.raises(ValueError, match="give exactly one of them"):

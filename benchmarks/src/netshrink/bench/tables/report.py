@@ -27,11 +27,13 @@ def load_results(results_dir: Path, table: Table) -> dict[str, dict[str, Any]]:
 
 
 def derived(results: dict[str, dict[str, Any]], table: Table) -> dict[str, dict[str, float]]:
-    """Accuracy loss (percentage points) and compression against the table's float baseline."""
-    base = results.get(table.baseline)
+    """Accuracy loss (percentage points) and compression against the row's float baseline (the
+    table's, or with ``baseline_per_chain`` its own model's float row)."""
     out = {}
+    rows = {row.name for row in table.rows}
     for name, r in results.items():
         m = r["metrics"]
+        base = results.get(table.baseline_of(name) if name in rows else table.baseline)
         if base is None:
             out[name] = {}
             continue
@@ -54,6 +56,7 @@ def markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
     latency = any("latency_ms" in r["metrics"] for r in results.values())
     before = table.before_training
     teacher = any("teacher_accuracy" in r["metrics"] for r in results.values())  # distilled
+    search = any(search_seconds(r) is not None for r in results.values())  # automatic rows
     head = ["row", "accuracy (%)", "loss vs float (pp)", "GMACs", "params (M)", "size (MB)",
             "compression"]
     if before:
@@ -62,6 +65,8 @@ def markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
         head.append("teacher (%)")
     if latency:
         head += ["latency b1 (ms)", "latency b64 (ms)"]
+    if search:
+        head.append("search (s)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
         r = results.get(row.name)
@@ -82,6 +87,9 @@ def markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
             lat = m.get("latency_ms", {})
             cells += [f"{lat['batch1']:.2f}" if "batch1" in lat else "-",
                       f"{lat['batch64']:.1f}" if "batch64" in lat else "-"]
+        if search:
+            seconds = search_seconds(r)
+            cells.append("-" if seconds is None else f"{seconds:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     first = next(iter(results.values()))
     dates = sorted(r["date"][:10] for r in results.values())
@@ -99,6 +107,15 @@ def markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
         body = (_grid(results, table) + "\n<details><summary>every row: accuracy, GMACs, "
                 "params, size, compression</summary>\n\n" + body + "\n</details>\n")
     return f"**{table.title}**\n\n" + body + f"\n{note}\n"
+
+
+def search_seconds(result: dict[str, Any]) -> float | None:
+    """Wall time of the automatic searches behind a row's model (the stages of its recipe that
+    record ``search_seconds``: netshrink.auto's), its upstream rows' included; None if none."""
+    times = [s.get("config", {}).get("search_seconds") for s in result.get("recipe", [])
+             if isinstance(s, dict)]
+    times = [t for t in times if isinstance(t, (int, float)) and not isinstance(t, bool)]
+    return float(sum(times)) if times else None
 
 
 def _grid(results: dict[str, dict[str, Any]], table: Table) -> str:

@@ -106,6 +106,9 @@ class Table:
     plot_x: str = "size"  # the plot's x axis: packed "size" or "latency" (batch 64)
     # rows also exported to ONNX and measured in ONNX Runtime / OpenVINO (tables/deploy.py)
     deploy_rows: tuple[str, ...] = ()
+    # a table of several models (auto): each row's loss and compression compare against the
+    # first row of its upstream chain (that model's float row), not the one table baseline
+    baseline_per_chain: bool = False
 
     def __post_init__(self) -> None:
         check_choice("plot_x", self.plot_x, ("size", "latency"))
@@ -137,6 +140,17 @@ class Table:
                 return r
         raise ValueError(f"table {self.name!r} has no row {name!r}; rows: "
                          f"{', '.join(r.name for r in self.rows)}")
+
+    def chain_root(self, name: str) -> str:
+        """The first row of ``name``'s upstream chain (the row itself when it has none)."""
+        by_name = {r.name: r for r in self.rows}
+        while by_name[name].upstream is not None:
+            name = by_name[name].upstream
+        return name
+
+    def baseline_of(self, name: str) -> str:
+        """The float row ``name``'s accuracy loss and compression compare against."""
+        return self.chain_root(name) if self.baseline_per_chain else self.baseline
 
     def closure(self, names: list[str]) -> list[Row]:
         """The named rows and every row they depend on (upstream, teacher), in table order."""

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from netshrink.auto.probe import record_layers
 from netshrink.core import count_macs
-from netshrink.prune import ChannelPlan, CriterionContext, DependencyGraph, apply_plan
+from netshrink.prune import ChannelPlan, CriterionContext, DependencyGraph, apply_plan_
 from netshrink.prune.criteria import score_classes
 from netshrink.prune.planning import PlanViolation, make_plan
 from netshrink.prune.selection import select_dropped
@@ -92,12 +93,12 @@ class GroupPruner:
 
     def prune(self, amounts: Mapping[str, float]) -> nn.Module:
         """A physically smaller deep copy of the model (the model itself is unchanged)."""
-        return apply_plan(copy.deepcopy(self.model), self.plan(amounts))
+        return apply_plan_(copy.deepcopy(self.model), self.plan(amounts))
 
     def macs(self, amounts: Mapping[str, float]) -> int:
         """MACs of the pruned model on the example input, counted on the meta device."""
         meta = copy.deepcopy(self._meta)
-        apply_plan(meta, self.plan(amounts))
+        apply_plan_(meta, self.plan(amounts))
         return count_macs(meta, self.example_input.to("meta"))
 
     def fast_macs(self, amounts: Mapping[str, float]) -> int:
@@ -130,22 +131,9 @@ class GroupPruner:
 def _output_positions(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     """Output positions (batch x spatial) of every Conv2d / Linear called once on
     ``example_input`` (a module called twice is left out: ``fast_macs`` then counts exactly)."""
-    seen: dict[str, list[int]] = {}
-    hooks = []
-    for name, m in model.named_modules():
-        if type(m) in (nn.Conv2d, nn.Linear):
-            hooks.append(m.register_forward_hook(
-                lambda mod, _args, out, name=name: seen.setdefault(name, []).append(
-                    out.numel() // out.shape[_channel_dim(mod, out)])))
-    was_training = model.training
-    model.eval()
-    try:
-        model(example_input)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return {name: counts[0] for name, counts in seen.items() if len(counts) == 1}
+    found = record_layers(model, example_input,
+                          lambda mod, _x, out: out.numel() // out.shape[_channel_dim(mod, out)])
+    return {name: positions for name, (_, positions) in found.items()}
 
 
 def _channel_dim(module: nn.Module, out: torch.Tensor) -> int:

@@ -8,10 +8,20 @@ loss of a choice being the accuracy drop ``SensitivityResult.quant_loss`` measur
 layer alone (summed: the usual additive approximation, as HAWQ's).
 
 ``mixed_precision(model, sensitivity, budget_bytes, path)`` then quantizes a copy with those
-precisions (``netshrink.quant.quantize(..., precisions=...)``), writes the packed file and
+precisions (``netshrink.quant.quantize_(..., precisions=...)``), writes the packed file and
 reads its size: everything else the file stores (biases, BatchNorms, scales, the structure)
-is taken from the measured file, and while the file is over the budget the code budget shrinks
-by the excess and the allocation is solved again, so the budget holds *as measured*.
+is taken from the measured file, and while the file is over the budget the code budget is set
+that far under the allocation's own bytes and the allocation is solved again, so the budget
+holds *as measured*.
+
+``smallest_within_loss(model, sensitivity, max_loss, evaluate)`` is the other mode (the
+compression survey's accuracy-guaranteed AMC mode): the smallest file whose *measured* accuracy
+loss is within ``max_loss``. The least weight budget whose least-loss allocation predicts a
+summed loss within an allowance (``max_loss`` at first) is found by bisection over bytes (the
+knapsack's optimum never rises with the budget), to 1 % of the byte range; the result is
+written and evaluated, and while its measured loss is over ``max_loss`` the allowance halves
+(``MAX_ROUNDS`` tries, the last allowing no predicted loss). Cost: ~7 knapsack solves and one
+evaluation per round.
 """
 
 from __future__ import annotations
@@ -27,8 +37,9 @@ from typing import Any
 from torch import nn
 
 from netshrink.auto.knapsack import auto_granularity, solve_mckp
-from netshrink.auto.sensitivity import SensitivityResult
-from netshrink.quant import QuantConfig, quantizable_layers, quantize, save_packed
+from netshrink.auto.sensitivity import Evaluate, Prepare, SensitivityResult, _score
+from netshrink.core import check_float
+from netshrink.quant import QuantConfig, quantizable_layers, quantize_, save_packed
 from netshrink.quant.bitpack import packed_nbytes
 
 DEFAULT_CANDIDATES: tuple[Any, ...] = (8, 4, 2, "ternary", "binary")
@@ -89,6 +100,8 @@ class MixedPrecisionReport:
     budget_bytes: int
     file_bytes: int
     rounds: int
+    accuracy: float | None = None  # measured (smallest_within_loss)
+    baseline: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"precisions": {k: str(v) for k, v in self.allocation.precisions.items()},
@@ -96,7 +109,7 @@ class MixedPrecisionReport:
                 "sensitivity_loss": self.allocation.loss,
                 "granularity": self.allocation.granularity,
                 "budget_bytes": self.budget_bytes, "file_bytes": self.file_bytes,
-                "rounds": self.rounds}
+                "rounds": self.rounds, "accuracy": self.accuracy, "baseline": self.baseline}
 
 
 def apply_precisions(model: nn.Module, precisions: dict[str, Any], a: Any = 32) -> nn.Module:
@@ -104,7 +117,7 @@ def apply_precisions(model: nn.Module, precisions: dict[str, Any], a: Any = 32) 
     (the first layer's input, the data, stays float)."""
     first = quantizable_layers(model)[0][0]
     pairs = {n: (w, 32 if n == first else a) for n, w in precisions.items()}
-    return quantize(copy.deepcopy(model), QuantConfig(w=32, a=32), precisions=pairs)
+    return quantize_(copy.deepcopy(model), QuantConfig(w=32, a=32), precisions=pairs)
 
 
 def mixed_precision(model: nn.Module, sensitivity: SensitivityResult, budget_bytes: int,
@@ -130,9 +143,61 @@ def mixed_precision(model: nn.Module, sensitivity: SensitivityResult, budget_byt
         size = _file_bytes(quantized, path)
         if size <= budget_bytes:
             return quantized, MixedPrecisionReport(allocation, budget_bytes, size, rounds)
-        weight_budget -= size - budget_bytes
+        # under this allocation's own bytes by the excess: the next one must be smaller (the
+        # budget less the excess alone may still hold this same allocation, again and again)
+        weight_budget = min(weight_budget, allocation.weight_bytes) - (size - budget_bytes)
     raise ValueError(f"budget_bytes={budget_bytes} cannot be met: the packed file stays "
                      f"larger after {MAX_ROUNDS} allocations; allow more bytes")
+
+
+def smallest_within_loss(model: nn.Module, sensitivity: SensitivityResult, max_loss: float,
+                         evaluate: Evaluate, path: str | os.PathLike[str] | None = None, *,
+                         prepare: Prepare | None = None,
+                         candidates: Sequence[Any] = DEFAULT_CANDIDATES, a: Any = 32,
+                         granularity: int | None = None,
+                         ) -> tuple[nn.Module, MixedPrecisionReport]:
+    """The smallest packed file (written to ``path`` or a temporary file) whose accuracy, by
+    ``evaluate`` after ``prepare`` (e.g. BatchNorm re-estimation, run on the returned model),
+    is at most ``max_loss`` below ``sensitivity.baseline``; see the module docstring."""
+    check_float("max_loss", max_loss, min_value=0.0)
+    layers = dict(quantizable_layers(model))
+    totals = [sum(weight_bytes(m, p) for m in layers.values()) for p in candidates]
+    baseline = sensitivity.baseline
+    measured: list[float] = []
+
+    def fits(budget: int, allowance: float) -> Allocation | None:
+        try:
+            alloc = allocate_precisions(model, sensitivity, budget, candidates, granularity)
+        except ValueError:  # below the cheapest choice at this granularity
+            return None
+        return alloc if alloc.loss <= allowance else None
+
+    allowance = max_loss
+    for rounds in range(1, MAX_ROUNDS + 1):
+        if rounds == MAX_ROUNDS:
+            allowance = 0.0
+        lo, hi = min(totals), max(totals)
+        best = fits(hi, allowance) or allocate_precisions(model, sensitivity, hi, candidates,
+                                                          granularity)
+        while hi - lo > max(1, (max(totals) - min(totals)) // 100):
+            mid = (lo + hi) // 2
+            found = fits(mid, allowance)
+            if found is None:
+                lo = mid
+            else:
+                hi, best = mid, found
+        found = fits(lo, allowance)  # the cheapest budget itself may already do
+        best = found or best
+        quantized = apply_precisions(model, best.precisions, a)
+        size = _file_bytes(quantized, path)
+        measured.append(_score(quantized, evaluate, prepare))
+        if baseline - measured[-1] <= max_loss:
+            return quantized, MixedPrecisionReport(best, size, size, rounds, measured[-1],
+                                                   baseline)
+        allowance /= 2
+    raise ValueError(f"max_loss={max_loss!r} cannot be met: the allocations measured "
+                     f"{', '.join(f'{m:.4f}' for m in measured)} against the baseline "
+                     f"{baseline:.4f}; allow more loss or add higher precisions to candidates")
 
 
 def _file_bytes(model: nn.Module, path: str | os.PathLike[str] | None) -> int:

@@ -7,7 +7,7 @@ fine-tuning and always on a deep copy:
   the accuracy with that group alone pruned to each of ``config.prune_ratios`` (channel surgery,
   lowest-``criterion`` channels first);
 * for every quantizable layer (``netshrink.quant.quantizable_layers``), the accuracy with that
-  layer's weights alone quantized to each of ``config.precisions`` (``quantize`` with a
+  layer's weights alone quantized to each of ``config.precisions`` (``quantize_`` with a
   per-layer override; activations stay float).
 
 ``evaluate(model) -> float`` is the caller's accuracy (or any higher-is-better score) on a
@@ -39,7 +39,7 @@ from torch import nn
 from netshrink.auto.groups import GroupPruner
 from netshrink.core import check_choice, check_int, write_atomic, write_text_atomic
 from netshrink.prune import list_criteria
-from netshrink.quant import PRECISIONS, QuantConfig, quantizable_layers, quantize
+from netshrink.quant import PRECISIONS, QuantConfig, quantizable_layers, quantize_
 
 Evaluate = Callable[[nn.Module], float]
 Prepare = Callable[[nn.Module], None]
@@ -261,7 +261,7 @@ def analyze_sensitivity(model: nn.Module, example_input: torch.Tensor, evaluate:
         for p in config.precisions:
             if progress:
                 progress(f"quant {name} {p}")
-            q = quantize(copy.deepcopy(model), _FLOAT_ONLY, precisions={name: (p, 32)})
+            q = quantize_(copy.deepcopy(model), _FLOAT_ONLY, precisions={name: (p, 32)})
             quant[name][p] = _score(q, evaluate, prepare)
     return SensitivityResult(baseline=baseline, prune=prune, quant=quant,
                              group_channels=channels, layer_weights=weights,

@@ -7,13 +7,15 @@ chose in ``describe()`` (the pruned structure / the per-layer precisions, and th
 time in ``search_seconds``), and ``rebuild`` recreates that on a fresh model from the record,
 so checkpoints load without searching again.
 
-* ``auto.prune``: sensitivity (pruning only) then ``prune_to_budget``; the chosen channels are
-  cut in place.
+* ``auto.prune``: sensitivity (pruning only) then ``prune_to_budget`` (a MACs target, a CPU
+  latency target timed on the first training image, or an accuracy loss); the chosen channels
+  are cut in place; a latency target's measured result is recorded (``latency``).
 * ``auto.mixed``: sensitivity (quantization only) then ``mixed_precision`` for a packed-file
   budget: ``budget_bytes``, or ``size_like=w``, the size of the file of the same model with
-  every layer at weight precision ``w`` (uniform), measured. The model is then quantized in
-  place with the chosen precisions; as ``quant.quantize``, binary latent weights are centred
-  and clipped after every step (``constrain_latent_weights``).
+  every layer at weight precision ``w`` (uniform), measured; or ``smallest_within_loss`` for
+  ``max_loss`` (the smallest file whose accuracy on the search batches is within it). The
+  model is then quantized in place with the chosen precisions; as with ``quant.quantize``,
+  binary layers centre and clip their own latent weights (no call after each step).
 """
 
 from __future__ import annotations
@@ -31,16 +33,20 @@ from torch import nn
 
 from netshrink.auto.budget import BudgetPruneConfig, prune_to_budget
 from netshrink.auto.groups import GroupPruner
-from netshrink.auto.mixed import DEFAULT_CANDIDATES, apply_precisions, mixed_precision
+from netshrink.auto.mixed import (
+    DEFAULT_CANDIDATES,
+    apply_precisions,
+    mixed_precision,
+    smallest_within_loss,
+)
 from netshrink.auto.sensitivity import SensitivityConfig, analyze_sensitivity
-from netshrink.core import Stage, check_int, register_stage
-from netshrink.prune import apply_plan, apply_structure, channel_structure
+from netshrink.core import Stage, check_float, check_int, register_stage
+from netshrink.prune import apply_plan_, apply_structure_, channel_structure
 from netshrink.quant import (
     PRECISIONS,
     QuantConfig,
-    constrain_latent_weights,
     quantizable_layers,
-    quantize,
+    quantize_,
     save_packed,
 )
 
@@ -82,12 +88,15 @@ class _SearchData:
 
 @dataclasses.dataclass(frozen=True)
 class AutoPruneConfig:
-    """``macs_target`` or ``max_loss`` (``BudgetPruneConfig``), the sensitivity ``ratios`` and
-    ``criterion``, the greedy ``step``, ``eval_batches`` (see the module docstring);
-    ``structure`` / ``amounts`` / ``search_seconds`` are recorded by the stage."""
+    """``macs_target``, ``latency_target`` / ``latency_seconds`` or ``max_loss``
+    (``BudgetPruneConfig``), the sensitivity ``ratios`` and ``criterion``, the greedy ``step``,
+    ``eval_batches`` (see the module docstring); ``structure`` / ``amounts`` /
+    ``search_seconds`` (and ``latency``) are recorded by the stage."""
 
     macs_target: float | None = None
     max_loss: float | None = None
+    latency_target: float | None = None
+    latency_seconds: float | None = None
     ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
     criterion: str = "l1"
     step: float = 0.05
@@ -95,9 +104,15 @@ class AutoPruneConfig:
     structure: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     amounts: dict[str, float] = dataclasses.field(default_factory=dict)
     search_seconds: float = 0.0
+    latency: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def budget(self) -> BudgetPruneConfig:
+        return BudgetPruneConfig(macs_target=self.macs_target, max_loss=self.max_loss,
+                                 step=self.step, latency_target=self.latency_target,
+                                 latency_seconds=self.latency_seconds)
 
     def __post_init__(self) -> None:
-        BudgetPruneConfig(self.macs_target, self.max_loss, self.step)  # validates them
+        self.budget()  # validates them
         object.__setattr__(self, "ratios", SensitivityConfig(
             prune_ratios=self.ratios, precisions=(), criterion=self.criterion).prune_ratios)
         check_int("eval_batches", self.eval_batches, min_value=1)
@@ -132,19 +147,21 @@ class AutoPruneStage(Stage):
             SensitivityConfig(prune_ratios=c.ratios, precisions=(), criterion=c.criterion),
             prepare=data.recalibrate)
         _, report = prune_to_budget(
-            model, example, sens, BudgetPruneConfig(c.macs_target, c.max_loss, c.step),
+            model, example, sens, c.budget(),
             evaluate=data.accuracy if c.max_loss is not None else None,
             prepare=data.recalibrate, pruner=pruner)
         plan = pruner.plan(report.amounts)
-        apply_plan(model, plan)
+        apply_plan_(model, plan)
         model.train(was_training)
         self.record = {"structure": channel_structure(model, list(plan.modules)),
                        "amounts": {g: round(a, 6) for g, a in report.amounts.items()},
                        "search_seconds": round(time.perf_counter() - start, 3)}
+        if report.latency is not None:
+            self.record["latency"] = report.latency
         return model
 
     def rebuild(self, model: nn.Module) -> nn.Module:
-        return apply_structure(model, dict(self.record.get("structure", self.config.structure)))
+        return apply_structure_(model, dict(self.record.get("structure", self.config.structure)))
 
     def describe(self) -> dict[str, Any]:
         record = super().describe()
@@ -154,12 +171,14 @@ class AutoPruneStage(Stage):
 
 @dataclasses.dataclass(frozen=True)
 class AutoMixedConfig:
-    """``budget_bytes`` or ``size_like`` (a weight precision: the budget is the measured file
-    of the model with every layer at it), the ``candidates``, activation precision ``a``,
-    ``eval_batches``; ``precisions`` / ``budget`` / ``search_seconds`` are recorded."""
+    """``budget_bytes``, ``size_like`` (a weight precision: the budget is the measured file
+    of the model with every layer at it) or ``max_loss`` (accuracy loss allowed), the
+    ``candidates``, activation precision ``a``, ``eval_batches``; ``precisions`` / ``budget``
+    / ``search_seconds`` are recorded."""
 
     budget_bytes: int | None = None
     size_like: Any = None
+    max_loss: float | None = None
     candidates: tuple[Any, ...] = DEFAULT_CANDIDATES
     a: Any = 32
     eval_batches: int = 2
@@ -168,9 +187,12 @@ class AutoMixedConfig:
     search_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        if (self.budget_bytes is None) == (self.size_like is None):
+        given = (self.budget_bytes, self.size_like, self.max_loss)
+        if sum(v is not None for v in given) != 1:
             raise ValueError(f"budget_bytes={self.budget_bytes!r}, size_like={self.size_like!r}"
-                             ": give exactly one of them")
+                             f", max_loss={self.max_loss!r}: give exactly one of them")
+        if self.max_loss is not None:
+            check_float("max_loss", self.max_loss, min_value=0.0)
         if self.budget_bytes is not None:
             check_int("budget_bytes", self.budget_bytes, min_value=1)
         candidates = tuple(self.candidates)
@@ -217,15 +239,22 @@ class AutoMixedStage(Stage):
                                    prepare=data.recalibrate)
         with tempfile.TemporaryDirectory() as tmp:
             budget = c.budget_bytes
-            if budget is None:
+            if c.max_loss is not None:
+                _, report = smallest_within_loss(
+                    copy.deepcopy(model), sens, c.max_loss, data.accuracy,
+                    Path(tmp) / "m.safetensors", prepare=data.recalibrate,
+                    candidates=c.candidates, a=c.a)
+                budget = report.file_bytes
+            elif budget is None:
                 uniform = apply_precisions(
                     model, dict.fromkeys(dict(quantizable_layers(model)), c.size_like), c.a)
                 budget = save_packed(uniform.eval(), Path(tmp) / "u.safetensors").stat().st_size
-            _, report = mixed_precision(copy.deepcopy(model), sens, budget,
-                                        Path(tmp) / "m.safetensors", candidates=c.candidates,
-                                        a=c.a)
+            if c.max_loss is None:
+                _, report = mixed_precision(copy.deepcopy(model), sens, budget,
+                                            Path(tmp) / "m.safetensors",
+                                            candidates=c.candidates, a=c.a)
         chosen = {n: str(p) for n, p in report.allocation.precisions.items()}
-        quantize(model, QuantConfig(w=32, a=32), precisions=_pairs(model, chosen, c.a))
+        quantize_(model, QuantConfig(w=32, a=32), precisions=_pairs(model, chosen, c.a))
         model.train(was_training)
         self.record = {"precisions": chosen, "budget": budget,
                        "search_seconds": round(time.perf_counter() - start, 3)}
@@ -235,11 +264,8 @@ class AutoMixedStage(Stage):
         chosen = self.record.get("precisions", self.config.precisions)
         if not chosen:
             raise ValueError("auto.mixed has no recorded precisions to rebuild from")
-        return quantize(model, QuantConfig(w=32, a=32),
-                        precisions=_pairs(model, chosen, self.config.a))
-
-    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
-        constrain_latent_weights(model)
+        return quantize_(model, QuantConfig(w=32, a=32),
+                         precisions=_pairs(model, chosen, self.config.a))
 
     def describe(self) -> dict[str, Any]:
         record = super().describe()

@@ -31,7 +31,7 @@ from torch import nn
 from netshrink.bnfuse import fuse
 from netshrink.kernels import accelerate, bit_layers, kernels_available, simd_path
 from netshrink.models import create_model
-from netshrink.quant import QuantConfig, quantize
+from netshrink.quant import QuantConfig, quantize_
 
 ROUNDS = int(os.environ.get("NETSHRINK_BENCH_ROUNDS", "3"))
 BATCHES = (1, 64)
@@ -57,7 +57,7 @@ def _layer() -> tuple[nn.Module, nn.Module, nn.Module]:
                         nn.Conv2d(192, 10, 1))
     floating = nn.Conv2d(192, 192, 3, padding=1, bias=False).eval()
     floating.weight.data.copy_(net[1].weight.data)
-    quant = quantize(net, QuantConfig(w="binary", a="binary", binary_scale=False)).eval()
+    quant = quantize_(net, QuantConfig(w="binary", a="binary", binary_scale=False)).eval()
     return floating, quant[1], accelerate(quant)[1]
 
 
@@ -66,7 +66,7 @@ def _nin() -> tuple[nn.Module, nn.Module, nn.Module]:
     model = _randomize_bn(create_model("nin", block_order="bacp", act="hardtanh")).eval()
     floating = fuse(model)
     cfg = QuantConfig(w="binary", a="binary", binary_scale=False)
-    binary = fuse(quantize(model, cfg).eval())
+    binary = fuse(quantize_(model, cfg).eval())
     return floating, binary, accelerate(binary)
 
 

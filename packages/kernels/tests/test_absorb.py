@@ -9,7 +9,7 @@ import torch
 from torch import fx, nn
 
 from netshrink.kernels import BitConv2d, accelerate, bit_layers
-from netshrink.quant import QuantConfig, load_packed, quantize, save_packed
+from netshrink.quant import QuantConfig, load_packed, quantize_, save_packed
 
 pytestmark = pytest.mark.usefixtures("kernels")
 
@@ -29,7 +29,7 @@ def test_hardtanh_and_max_pool_are_absorbed_exactly(pool, size) -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Hardtanh(), pool, nn.Identity(), nn.Hardtanh(-2.0, 0.5),
                         nn.Conv2d(70, 33, 3, padding=1, bias=False))
-    fast = check(quantize(net, CFG).eval(), torch.randn(2, 70, size, size + 2))
+    fast = check(quantize_(net, CFG).eval(), torch.randn(2, 70, size, size + 2))
     assert all(isinstance(m, nn.Identity) for m in list(fast)[:4])
     k, s, p = pool.kernel_size, pool.stride, pool.padding
     assert fast[4].pre_pool == (k, s, p)
@@ -41,8 +41,8 @@ def test_sign_changing_layers_stay() -> None:
     net = nn.Sequential(nn.MaxPool2d(2), nn.Identity(),
                         nn.Conv2d(8, 5, 3, padding=1, bias=False), nn.Hardtanh(0.0, 1.0),
                         nn.Conv2d(5, 4, 1, bias=False))
-    model = quantize(net, CFG).eval()
-    model[1] = nn.ReLU()  # set after quantize, which drops a ReLU in front of sign itself
+    model = quantize_(net, CFG).eval()
+    model[1] = nn.ReLU()  # set after quantize_, which drops a ReLU in front of sign itself
     fast = check(model, torch.randn(2, 8, 6, 6))
     assert isinstance(fast[0], nn.MaxPool2d) and isinstance(fast[1], nn.ReLU)
     assert isinstance(fast[3], nn.Hardtanh) and fast[2].pre_pool is None
@@ -63,7 +63,7 @@ class _TwoUses(nn.Module):
 
 def test_a_layer_that_also_feeds_something_else_stays(tmp_path) -> None:
     torch.manual_seed(2)
-    path = save_packed(quantize(_TwoUses(), CFG).eval(), tmp_path / "two.safetensors")
+    path = save_packed(quantize_(_TwoUses(), CFG).eval(), tmp_path / "two.safetensors")
     traced = load_packed(path)
     assert isinstance(traced, fx.GraphModule)
     fast = accelerate(traced)

@@ -9,7 +9,7 @@ from torch import nn
 
 import netshrink.kernels._build as build
 from netshrink.kernels import BitConv2d, accelerate, bit_layers, load_packed
-from netshrink.quant import QuantConfig, quantize, save_packed
+from netshrink.quant import QuantConfig, quantize_, save_packed
 from netshrink.quant import load_packed as load_float
 
 
@@ -31,7 +31,7 @@ def binary_net(w: str, seed: int = 0) -> nn.Module:
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(-1.0, 1.0)
     cfg = QuantConfig(w=w, a="binary", binary_scale=False, ternary_scale=False)
-    model = quantize(net, cfg).eval()
+    model = quantize_(net, cfg).eval()
     model[10].fold_affine(torch.sign(torch.randn(34)), torch.randn(34))  # a threshold fold
     return model
 

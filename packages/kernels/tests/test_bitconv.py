@@ -8,8 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from netshrink.kernels import BitConv2d, available_paths, bit_planes, convertible_reason
-from netshrink.quant import QuantConfig, quantize
+from netshrink.kernels import (
+    KERNEL_PATHS,
+    BitConv2d,
+    available_paths,
+    bit_planes,
+    convertible_reason,
+)
+from netshrink.quant import QuantConfig, quantize_
 
 pytestmark = pytest.mark.usefixtures("kernels")
 
@@ -21,7 +27,7 @@ def quant_conv(cin: int, cout: int, k: int, *, w: str = "binary", scale: bool = 
     net = nn.Sequential(nn.Conv2d(3, cin, 1), nn.Conv2d(cin, cout, k, bias=False, **conv_args),
                         nn.Conv2d(cout, 2, 1))
     cfg = QuantConfig(w=w, a="binary", binary_scale=scale, ternary_scale=scale)
-    return quantize(net, cfg).eval()[1]
+    return quantize_(net, cfg).eval()[1]
 
 
 
@@ -51,6 +57,48 @@ def test_equals_fake_quantized_layer(cin, cout, k, args, w) -> None:
         out = bit(x)
         assert out.shape == ref.shape
         assert torch.equal(out, ref), (path, (out - ref).abs().max())
+
+
+@pytest.mark.parametrize("w", ["binary", "ternary"])
+@pytest.mark.parametrize("width", [1, 3, 4, 5, 9, 17])
+@pytest.mark.parametrize(("cin", "args"), [
+    (70, {"padding": 1}), (130, {"padding": (2, 1), "stride": (1, 2)}),
+    (66, {"padding": 1, "groups": 3}), (5, {"padding": 1, "dilation": (2, 1)})])
+def test_batch_one_at_every_row_length(cin, args, width, w) -> None:
+    """Batch 1 and output rows shorter than, equal to and longer than a kernel call's pixels
+    (4 for AVX-512, 2 otherwise): full steps read the packed image in place, the rest (and
+    dilated rows) gathered patches; every padding pattern adds back its own taps."""
+    layer = quant_conv(cin, 21, 3, w=w, seed=width, **args)
+    x = torch.randn(1, cin, 6, width)
+    with torch.no_grad():
+        ref = layer(x)
+    bit = BitConv2d.from_quant_conv(layer)
+    for path in available_paths():
+        bit.kernel_path = path
+        assert torch.equal(bit(x), ref), (path, (bit(x) - ref).abs().max())
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 3, 7), (1, 192, 16, 16), (3, 130, 5, 9), (1, 70, 1, 1),
+                                   (2, 64, 17, 3)])
+@pytest.mark.parametrize(("groups", "pad"), [(1, (0, 0)), (1, (1, 2)), (2, (1, 1))])
+def test_packed_input_on_every_path(shape, groups, pad) -> None:
+    """sign bits (0, -0.0 and NaN -> 1) along each group's channels, 64 to a word, zero words
+    around the image: the same from every path (vector loops with tails of any length)."""
+    from netshrink.kernels._build import kernel_ops
+
+    x = torch.randn(shape)
+    x.view(-1)[:3] = torch.tensor([0.0, -0.0, float("nan")])
+    n, c, h, w = shape
+    cg, words = c // groups, -(-(c // groups) // 64)
+    bits = (~(x < 0)).to(torch.int64).view(n, groups, cg, h, w)
+    bits = nn.functional.pad(bits, (0, 0, 0, 0, 0, words * 64 - cg))
+    bits = bits.view(n, groups, words, 64, h, w) << torch.arange(64).view(1, 1, 1, 64, 1, 1)
+    ref = nn.functional.pad(bits.sum(3).permute(0, 1, 3, 4, 2), (0, 0, pad[1], pad[1], pad[0],
+                                                                  pad[0]))
+    ops = kernel_ops()
+    for path in available_paths():
+        got = ops.pack_input(x, groups, pad[0], pad[1], KERNEL_PATHS[path])
+        assert torch.equal(got, ref), path
 
 
 @pytest.mark.parametrize("w", ["binary", "ternary"])
@@ -99,10 +147,10 @@ def test_only_binary_input_binary_or_ternary_weight_convs_qualify() -> None:
     def net() -> nn.Module:
         return nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 2, 1))
 
-    kbit = quantize(net(), QuantConfig(w=4, a=4)).eval()[1]
+    kbit = quantize_(net(), QuantConfig(w=4, a=4)).eval()[1]
     assert "not binary" in convertible_reason(kbit)
     assert "not a QuantConv2d" in convertible_reason(nn.Conv2d(3, 3, 1))
-    wfloat = quantize(net(), QuantConfig(w=32, a="binary")).eval()[1]
+    wfloat = quantize_(net(), QuantConfig(w=32, a="binary")).eval()[1]
     assert "float" in convertible_reason(wfloat)
     with pytest.raises(ValueError, match="cannot run"):
         BitConv2d.from_quant_conv(kbit)
@@ -127,3 +175,31 @@ def test_rejects_inputs_it_cannot_compute() -> None:
         bit(torch.randn(1, 5, 4, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="5 input channels"):
         bit(torch.randn(1, 6, 4, 4))
+
+
+@pytest.mark.parametrize("w", ["binary", "ternary"])
+@pytest.mark.parametrize(("fin", "fout", "lead"), [(70, 33, (1,)), (130, 9, (5,)), (64, 8, (2, 3))])
+def test_bit_linear_equals_fake_quantized_linear(fin, fout, lead, w) -> None:
+    """A binary-input binary / ternary QuantLinear as a 1x1 conv on a 1x1 image: bit-identical
+    (folded BN included; odd feature counts, batch 1, extra leading dimensions), and accelerate
+    swaps it."""
+    from netshrink.kernels import BitLinear, accelerate, bit_layers
+
+    torch.manual_seed(fin + fout)
+    net = nn.Sequential(nn.Linear(3, fin), nn.Linear(fin, fout, bias=False), nn.Linear(fout, 2))
+    cfg = QuantConfig(w=w, a="binary", binary_scale=False, ternary_scale=False)
+    layer = quantize_(net, cfg).eval()[1]
+    layer.fold_affine(torch.randn(fout), torch.randn(fout))
+    x = torch.randn(*lead, fin)
+    x.view(-1)[0] = 0.0  # sign(0) is +1
+    with torch.no_grad():
+        ref = layer(x)
+    bit = BitLinear.from_quant_linear(layer)
+    for path in available_paths():
+        bit.kernel_path = path
+        assert torch.equal(bit(x), ref), path
+    assert bit_layers(accelerate(nn.Sequential(layer))) == ["0"]
+    with pytest.raises(ValueError, match=f"\\(..., {fin}\\) inputs"):
+        bit(torch.randn(2, fin + 1))
+    with pytest.raises(ValueError, match="BitLinear"):
+        BitConv2d.from_quant_conv(layer)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from netshrink.bench.data import DeviceLoader, ImageData
-from netshrink.bench.tables import micronet, prune
+from netshrink.bench.tables import bitpacked, micronet, prune
 from netshrink.bench.tables.recipes import binary_tricks, quantize
 from netshrink.bench.tables.spec import Row, Schedule, Table, register_table
 
@@ -92,7 +92,9 @@ def measure_deployment(model: nn.Module, test: ImageData, run_dir: Path,
     """Export ``model`` to ``run_dir / ONNX_FILE`` and measure the file in every installed
     runtime: top-1 agreement with PyTorch, accuracy on ``test``, the layers it runs in integer
     arithmetic, and the median latency (ms) at batch 1 and 64 (the runtime's default
-    threads). Raises ``netshrink.deploy.ExportError`` for a model that cannot be exported."""
+    threads); then ``bitpacked``: the binary layers on the packed kernels against float PyTorch
+    (``tables/bitpacked.py``; ``applies`` False for rows without any). Raises
+    ``netshrink.deploy.ExportError`` for a model that cannot be exported."""
     from netshrink import deploy  # onnx and onnxruntime: loaded only when a table needs them
 
     model = model.cpu().eval()
@@ -111,6 +113,8 @@ def measure_deployment(model: nn.Module, test: ImageData, run_dir: Path,
             **session.describe(), **check.as_dict(),
             "latency_ms": deploy.measure_latency(session, tuple(x.shape[1:]), repeats=repeats)}
     out["seconds"] = time.perf_counter() - started
+    # binary layers on the bit-packed kernels, against float PyTorch (tables/bitpacked.py)
+    out["bitpacked"] = bitpacked.measure_bitpacked(model, x)
     return out
 
 
@@ -125,7 +129,7 @@ def deploy_markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
                 f"`bench reproduce --table {table.name}`._\n")
     head = ["model", "form", "ORT accuracy (%)", "agreement (%)", "file (MB)", "ORT b1 (ms)",
             "x float", "ORT b64 (ms)", "x float", "OpenVINO b1 (ms)", "OpenVINO b64 (ms)",
-            "ORT integer kernels"]
+            "ORT integer kernels", *bitpacked.HEAD]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in table.deploy_rows:
         d = measured.get(name)
@@ -144,6 +148,7 @@ def deploy_markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
         cells += [_ms(ov.get("latency_ms", {}).get(b)) for b in ("batch1", "batch64")]
         kernels = ort.get("integer_layers", {})
         cells.append(", ".join(f"{op} {n}" for op, n in kernels.items()) or "-")
+        cells += bitpacked.cells(d.get("bitpacked"))
         lines.append("| " + " | ".join(cells) + " |")
     first = next(iter(results.values()))
     ds = first["dataset"]
@@ -156,7 +161,7 @@ def deploy_markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
             f"{min(r['date'][:10] for r in results.values())} by `bench reproduce --table "
             f"{table.name} --profile {first['profile']}`. x float: speed-up over the float "
             "model of the same architecture in ONNX Runtime, measured in the same run. "
-            "Agreement: top-1 agreement with the PyTorch model.")
+            "Agreement: top-1 agreement with the PyTorch model. " + bitpacked.NOTE)
     return f"**{table.title}**\n\n" + "\n".join(lines) + f"\n\n{note}\n"
 
 

@@ -22,11 +22,11 @@ from netshrink.kernels._build import (
 )
 from netshrink.kernels.absorb import absorb_sign_preserving
 from netshrink.kernels.accelerate import BACKENDS, accelerate, bit_layers, load_packed
-from netshrink.kernels.layers import KERNEL_PATHS, BitConv2d, convertible_reason
+from netshrink.kernels.layers import KERNEL_PATHS, BitConv2d, BitLinear, convertible_reason
 from netshrink.kernels.weights import BitPlanes, bit_planes
 
 __all__ = [
-    "BACKENDS", "KERNEL_PATHS", "BitConv2d", "absorb_sign_preserving",
+    "BACKENDS", "KERNEL_PATHS", "BitConv2d", "BitLinear", "absorb_sign_preserving",
     "available_paths", "BitPlanes", "accelerate", "bit_layers", "bit_planes", "build_dir",
     "convertible_reason", "kernels_available", "kernels_unavailable_reason", "load_packed",
     "simd_path",

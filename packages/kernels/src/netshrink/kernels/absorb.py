@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import fx, nn
 
-from netshrink.kernels.layers import BitConv2d
+from netshrink.kernels.layers import BitConv2d, BitLinear
 
 
 def _keeps_sign(m: nn.Module) -> bool:
@@ -47,7 +47,7 @@ def _walk(conv: BitConv2d, before: list[nn.Module]) -> list[nn.Module]:
         pool = _pool_args(m)
         if _keeps_sign(m):
             taken.append(m)
-        elif pool is not None and conv.pre_pool is None:
+        elif pool is not None and conv.pre_pool is None and not isinstance(conv, BitLinear):
             conv.pre_pool = pool
             taken.append(m)
         else:

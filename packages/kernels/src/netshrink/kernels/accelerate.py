@@ -17,17 +17,17 @@ from torch import nn
 
 from netshrink.kernels._build import kernel_ops, kernels_available
 from netshrink.kernels.absorb import absorb_sign_preserving
-from netshrink.kernels.layers import BitConv2d, convertible_reason
+from netshrink.kernels.layers import BitConv2d, BitLinear, convertible_reason
 
 BACKENDS: tuple[str, ...] = ("bitpacked", "torch", "auto")
 
 
 def accelerate(model: nn.Module, *, inplace: bool = False, absorb: bool = True) -> nn.Module:
     """``model`` (a copy unless ``inplace``) in eval mode with its binary-input binary /
-    ternary convs replaced by ``BitConv2d``; with ``absorb``, each also takes over the
-    sign-preserving activations and the max-pool in front of it (``absorb_sign_preserving``:
-    bit-identical, fewer float passes). RuntimeError (naming why) when the kernels are not
-    available."""
+    ternary convs replaced by ``BitConv2d`` (linear layers by ``BitLinear``); with ``absorb``,
+    each also takes over the sign-preserving activations and the max-pool in front of it
+    (``absorb_sign_preserving``: bit-identical, fewer float passes; no pool for a linear).
+    RuntimeError (naming why) when the kernels are not available."""
     kernel_ops()
     if not inplace:
         model = copy.deepcopy(model)
@@ -37,14 +37,16 @@ def accelerate(model: nn.Module, *, inplace: bool = False, absorb: bool = True) 
     for name, layer in swaps:
         owner_name, _, leaf = name.rpartition(".")
         owner = model.get_submodule(owner_name) if owner_name else model
-        setattr(owner, leaf, BitConv2d.from_quant_conv(layer))
+        setattr(owner, leaf, BitLinear.from_quant_linear(layer) if isinstance(layer, nn.Linear)
+                else BitConv2d.from_quant_conv(layer))
     if absorb:
         absorb_sign_preserving(model)
     return model
 
 
 def bit_layers(model: nn.Module) -> list[str]:
-    """Names of the modules of ``model`` that run on the packed kernels."""
+    """Names of the modules of ``model`` that run on the packed kernels (``BitConv2d``,
+    ``BitLinear``)."""
     return [name for name, m in model.named_modules() if isinstance(m, BitConv2d)]
 
 

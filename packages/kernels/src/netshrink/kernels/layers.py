@@ -63,18 +63,10 @@ class BitConv2d(nn.Module):
     def from_quant_conv(cls, layer: nn.Module) -> BitConv2d:
         """Pack a ``QuantConv2d`` (see ``convertible_reason`` for which ones qualify)."""
         reason = convertible_reason(layer)
-        if reason is not None:
-            raise ValueError(f"cannot run {type(layer).__name__} on packed kernels: {reason}")
-        wq = layer.weight_quant
-        if layer.is_frozen:
-            quantizer, codes = wq.quantizer, wq.codes
-            params = {name: getattr(wq, name) for name in wq.param_names}
-        else:
-            quantizer = wq
-            codes, params = wq.encode(layer._out_major(layer.weight.detach()))
-        ternary = quantizer.kind == "ternary"
-        t = codes.to(torch.int64) - 1 if ternary else codes.to(torch.int64) * 2 - 1
-        t = t.view(layer._weight_shape())
+        if reason is not None or isinstance(layer, nn.Linear):
+            raise ValueError(f"cannot run {type(layer).__name__} on packed kernels: "
+                             f"{reason or 'a linear layer is a BitLinear'}")
+        t, ternary, params = _weight_values(layer)
         return cls(bit_planes(t, layer.groups, ternary), in_channels=layer.in_channels,
                    out_channels=layer.out_channels, kernel_size=layer.kernel_size,
                    stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
@@ -89,21 +81,16 @@ class BitConv2d(nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"BitConv2d expects {self.in_channels} input channels, got "
                              f"{x.shape[1]}")
-        ops = kernel_ops()
-        ph, pw = self.padding
-        if self.pre_pool is None:
-            xp = ops.pack_input(x, self.groups, ph, pw)
-        else:
-            xp = ops.or_pool(ops.pack_input(x, self.groups, 0, 0), *self.pre_pool, ph, pw)
         none = self.alpha.new_empty(0)
         out_scale = none if self.out_scale is None else self.out_scale
         bias = none if self.bias is None else self.bias
         if self.out_scale is not None and self.bias is None:
             bias = torch.zeros_like(self.out_scale)
-        return ops.conv(xp, self.p, self.m, self.total, self.tap_sum, self.alpha, out_scale,
-                        bias, list(self.kernel_size), list(self.stride), list(self.dilation),
-                        list(self.padding), [xp.shape[2] - 2 * ph, xp.shape[3] - 2 * pw],
-                        KERNEL_PATHS[self.kernel_path])
+        # one call: pack sign(x) (OR-pooled first with pre_pool), then the conv
+        return kernel_ops().bitconv(
+            x, self.p, self.m, self.total, self.tap_sum, self.alpha, out_scale, bias,
+            list(self.kernel_size), list(self.stride), list(self.dilation), list(self.padding),
+            self.groups, list(self.pre_pool or ()), KERNEL_PATHS[self.kernel_path])
 
     def extra_repr(self) -> str:
         kind = "ternary" if self.ternary else "binary"
@@ -113,12 +100,72 @@ class BitConv2d(nn.Module):
                 + (f", pre_pool={self.pre_pool}" if self.pre_pool else ""))
 
 
-def convertible_reason(layer: Any) -> str | None:
-    """None when ``layer`` can run on the packed kernels, else why not."""
-    from netshrink.quant import BinaryAct, QuantConv2d
+class BitLinear(BitConv2d):
+    """A packed-kernel linear layer, ``sign(x) . w`` for binary / ternary ``w``: a 1x1
+    ``BitConv2d`` on a 1x1 image (inputs ``(..., in_features)``), with the same epilogue and
+    the same exactness (a bias without a folded ``out_scale``: torch's ``F.linear`` adds it
+    inside its own accumulation, so the last bits may differ)."""
 
-    if not isinstance(layer, QuantConv2d):
-        return f"it is a {type(layer).__name__}, not a QuantConv2d"
+    @classmethod
+    def from_quant_linear(cls, layer: nn.Module) -> BitLinear:
+        """Pack a ``QuantLinear`` with a binary (sign) input and binary / ternary weights."""
+        reason = convertible_reason(layer)
+        if reason is not None or not isinstance(layer, nn.Linear):
+            raise ValueError(f"cannot run {type(layer).__name__} as a BitLinear: "
+                             f"{reason or 'not a linear layer'}")
+        t, ternary, params = _weight_values(layer)
+        t = t.view(layer.out_features, layer.in_features, 1, 1)
+        return cls(bit_planes(t, 1, ternary), in_channels=layer.in_features,
+                   out_channels=layer.out_features, kernel_size=(1, 1), stride=(1, 1),
+                   padding=(0, 0), dilation=(1, 1), groups=1, weight_scale=params.get("scale"),
+                   out_scale=layer.out_scale, bias=layer.bias, ternary=ternary)
+
+    @property
+    def in_features(self) -> int:
+        return self.in_channels
+
+    @property
+    def out_features(self) -> int:
+        return self.out_channels
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"BitLinear expects (..., {self.in_channels}) inputs, got "
+                             f"{tuple(x.shape)}")
+        y = super().forward(x.reshape(-1, self.in_channels, 1, 1))
+        return y.view(*x.shape[:-1], self.out_channels)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_channels}, out_features={self.out_channels}, "
+                f"weights={'ternary' if self.ternary else 'binary'}")
+
+
+def _weight_values(layer: nn.Module) -> tuple[torch.Tensor, bool, dict[str, torch.Tensor]]:
+    """A quantized layer's weights in {-1, 0, +1} (its weight shape), whether they are ternary,
+    and the quantizer's parameters (``scale``): frozen codes, or live weights encoded once."""
+    wq = layer.weight_quant
+    if layer.is_frozen:
+        quantizer, codes = wq.quantizer, wq.codes
+        params = {name: getattr(wq, name) for name in wq.param_names}
+    else:
+        quantizer = wq
+        constrain = getattr(layer, "constrain_latent", None)
+        if constrain is not None:  # a weight changed since its last forward: as the layer sees it
+            constrain()
+        codes, params = wq.encode(layer._out_major(layer.weight.detach()))
+    ternary = quantizer.kind == "ternary"
+    t = codes.to(torch.int64) - 1 if ternary else codes.to(torch.int64) * 2 - 1
+    return t.view(layer._weight_shape()), ternary, params
+
+
+def convertible_reason(layer: Any) -> str | None:
+    """None when ``layer`` can run on the packed kernels (a ``QuantConv2d`` as ``BitConv2d``,
+    a ``QuantLinear`` as ``BitLinear``), else why not."""
+    from netshrink.quant import BinaryAct, QuantConv2d, QuantLinear
+
+    if not isinstance(layer, QuantConv2d | QuantLinear):
+        return f"it is a {type(layer).__name__}, not a QuantConv2d or QuantLinear"
     if not isinstance(layer.input_quant, BinaryAct):
         return "its input is not binary (sign)"
     wq = layer.weight_quant
@@ -126,6 +173,8 @@ def convertible_reason(layer: Any) -> str | None:
     kind = getattr(quantizer, "kind", None)
     if kind not in ("binary", "ternary"):
         return f"its weights are {kind or 'float'}, not binary or ternary"
+    if isinstance(layer, QuantLinear):
+        return None
     if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
         return f"padding {layer.padding!r} / mode {layer.padding_mode!r} (need explicit zeros)"
     return None

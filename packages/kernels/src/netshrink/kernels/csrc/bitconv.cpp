@@ -7,17 +7,21 @@
 //     sum_i a_i t_i = popcount(m) - 2 popcount((a ^ p) & m)      (binary: m = all channels)
 // Integer accumulation is exact. A padded tap holds a = 0 bits, which this formula reads as
 // -1 inputs contributing -S (S = sum of the tap's weights), whereas the float conv's zero
-// padding contributes 0: border pixels add S back for each padded tap.
+// padding contributes 0: border pixels add S back for each padded tap (summed once per call for
+// each pattern of padded taps and output channel).
 // Epilogue per output channel: y = count * scale (rounded), then y * out_scale + bias as
 // torch.addcmul computes a quantized layer's folded epilogue: a fused multiply-add where the CPU
 // has FMA. The file is built with -ffp-contract=off so the compiler adds no other fusions.
 //
 // Three compiled paths in this one file, chosen at run time from what the CPU reports (never
-// by compiler flags for the whole file): AVX-512 VPOPCNTQ (8 output channels per zmm), AVX2
-// (vpshufb nibble popcount, 8 output channels per pair of ymm registers), and a portable kernel
-// (SWAR popcount, no special instructions). The SIMD kernels are built with function-level
+// by compiler flags for the whole file): AVX-512 VPOPCNTQ (8 output channels per zmm, 4 pixels
+// per call), AVX2 (vpshufb nibble popcount, 8 output channels per pair of ymm registers, 2
+// pixels), and a portable kernel (SWAR popcount, no special instructions); the input packing
+// and the epilogue have AVX-512 / AVX2 versions too. The SIMD code is built with function-level
 // target attributes. Rows of output pixels are split over threads with at::parallel_for; each
-// block of 8 output channels' weights stays in L1 while a row's pixels stream past it.
+// block of 8 output channels' weights stays in L1 while a row's pixels stream past it, read in
+// place from the packed image (one run of kw * words words per kernel row when dw == 1, else
+// from gathered patches). ``bitconv`` packs and convolves in one call (one dispatch at batch 1).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -55,17 +59,34 @@ struct Geometry {
   int64_t k() const { return kh * kw * words; }
 };
 
-// popcount((patch ^ p) & m) for 8 output channels of one block; out[j] += count.
-void block_portable(const uint64_t* patch, const uint64_t* p, const uint64_t* m, int64_t k,
-                    int32_t* out) {
-  for (int64_t j = 0; j < kLanes; ++j) {
-    int32_t c = 0;
-    for (int64_t i = 0; i < k; ++i) {
-      uint64_t v = patch[i] ^ p[i * kLanes + j];
-      if (m) v &= m[i * kLanes + j];
-      c += popcount_portable(v);
+// Where one kernel call's output pixels read their input words: `segs` runs of `len`
+// contiguous words, `seg_stride` words apart, from x for the first pixel; each next pixel
+// `pixel` words further on. A gathered patch is one run (segs 1, len k, pixel k); read in
+// place, a conv with dw == 1 has one run per kernel row: kw * words contiguous words. Run r
+// meets the weight words r * len onwards (tap-major: the same order).
+struct Src {
+  const uint64_t* x;
+  int64_t pixel, segs, len, seg_stride;
+};
+
+// popcount((x ^ p) & m) over the taps, for 8 output channels of one block and `npix` pixels:
+// out[j * os + q] (channel-major, so that the epilogue reads each channel's row in order).
+void block_portable(const Src& s, int64_t npix, const uint64_t* p, const uint64_t* m,
+                    int32_t* out, int64_t os) {
+  for (int64_t q = 0; q < npix; ++q) {
+    for (int64_t j = 0; j < kLanes; ++j) {
+      int32_t c = 0;
+      for (int64_t r = 0; r < s.segs; ++r) {
+        const uint64_t* x = s.x + q * s.pixel + r * s.seg_stride;
+        const int64_t w0 = r * s.len;
+        for (int64_t i = 0; i < s.len; ++i) {
+          uint64_t v = x[i] ^ p[(w0 + i) * kLanes + j];
+          if (m) v &= m[(w0 + i) * kLanes + j];
+          c += popcount_portable(v);
+        }
+      }
+      out[j * os + q] = c;
     }
-    out[j] = c;
   }
 }
 
@@ -81,27 +102,31 @@ __attribute__((target("avx2,popcnt"))) inline __m256i pop_bytes(__m256i v) {
 
 // Two pixels x 8 output channels: 4 ymm byte accumulators, flushed to 64-bit lanes with
 // vpsadbw every 31 words (a byte then holds at most 31 * 8 = 248).
-__attribute__((target("avx2,popcnt"))) void block_avx2(
-    const uint64_t* patch0, const uint64_t* patch1, const uint64_t* p, const uint64_t* m,
-    int64_t k, int32_t* out0, int32_t* out1) {
+__attribute__((target("avx2,popcnt"))) void block_avx2(const Src& s, const uint64_t* p,
+                                                       const uint64_t* m, int32_t* out,
+                                                       int64_t os) {
   const __m256i zero = _mm256_setzero_si256();
   __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero;
-  for (int64_t start = 0; start < k; start += 31) {
-    const int64_t stop = start + 31 < k ? start + 31 : k;
-    __m256i a00 = zero, a01 = zero, a10 = zero, a11 = zero;
-    for (int64_t i = start; i < stop; ++i) {
-      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i * kLanes));
+  __m256i a00 = zero, a01 = zero, a10 = zero, a11 = zero;
+  int since = 0;  // words added to the byte accumulators since their last flush
+  for (int64_t r = 0; r < s.segs; ++r) {
+    const uint64_t* x0 = s.x + r * s.seg_stride;
+    const uint64_t* x1 = x0 + s.pixel;
+    const uint64_t* pr = p + r * s.len * kLanes;
+    const uint64_t* mr = m ? m + r * s.len * kLanes : nullptr;
+    for (int64_t i = 0; i < s.len; ++i) {
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pr + i * kLanes));
       const __m256i w1 =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i * kLanes + 4));
-      const __m256i x0 = _mm256_set1_epi64x(static_cast<long long>(patch0[i]));
-      const __m256i x1 = _mm256_set1_epi64x(static_cast<long long>(patch1[i]));
-      __m256i v00 = _mm256_xor_si256(x0, w0), v01 = _mm256_xor_si256(x0, w1);
-      __m256i v10 = _mm256_xor_si256(x1, w0), v11 = _mm256_xor_si256(x1, w1);
-      if (m) {
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pr + i * kLanes + 4));
+      const __m256i v0 = _mm256_set1_epi64x(static_cast<long long>(x0[i]));
+      const __m256i v1 = _mm256_set1_epi64x(static_cast<long long>(x1[i]));
+      __m256i v00 = _mm256_xor_si256(v0, w0), v01 = _mm256_xor_si256(v0, w1);
+      __m256i v10 = _mm256_xor_si256(v1, w0), v11 = _mm256_xor_si256(v1, w1);
+      if (mr) {
         const __m256i m0 =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + i * kLanes));
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mr + i * kLanes));
         const __m256i m1 =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + i * kLanes + 4));
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mr + i * kLanes + 4));
         v00 = _mm256_and_si256(v00, m0);
         v01 = _mm256_and_si256(v01, m1);
         v10 = _mm256_and_si256(v10, m0);
@@ -111,42 +136,88 @@ __attribute__((target("avx2,popcnt"))) void block_avx2(
       a01 = _mm256_add_epi8(a01, pop_bytes(v01));
       a10 = _mm256_add_epi8(a10, pop_bytes(v10));
       a11 = _mm256_add_epi8(a11, pop_bytes(v11));
+      if (++since == 31) {
+        s00 = _mm256_add_epi64(s00, _mm256_sad_epu8(a00, zero));
+        s01 = _mm256_add_epi64(s01, _mm256_sad_epu8(a01, zero));
+        s10 = _mm256_add_epi64(s10, _mm256_sad_epu8(a10, zero));
+        s11 = _mm256_add_epi64(s11, _mm256_sad_epu8(a11, zero));
+        a00 = a01 = a10 = a11 = zero;
+        since = 0;
+      }
     }
-    s00 = _mm256_add_epi64(s00, _mm256_sad_epu8(a00, zero));
-    s01 = _mm256_add_epi64(s01, _mm256_sad_epu8(a01, zero));
-    s10 = _mm256_add_epi64(s10, _mm256_sad_epu8(a10, zero));
-    s11 = _mm256_add_epi64(s11, _mm256_sad_epu8(a11, zero));
   }
+  s00 = _mm256_add_epi64(s00, _mm256_sad_epu8(a00, zero));
+  s01 = _mm256_add_epi64(s01, _mm256_sad_epu8(a01, zero));
+  s10 = _mm256_add_epi64(s10, _mm256_sad_epu8(a10, zero));
+  s11 = _mm256_add_epi64(s11, _mm256_sad_epu8(a11, zero));
   alignas(32) int64_t t[16];
   _mm256_store_si256(reinterpret_cast<__m256i*>(t), s00);
   _mm256_store_si256(reinterpret_cast<__m256i*>(t + 4), s01);
   _mm256_store_si256(reinterpret_cast<__m256i*>(t + 8), s10);
   _mm256_store_si256(reinterpret_cast<__m256i*>(t + 12), s11);
-  for (int j = 0; j < 8; ++j) {
-    out0[j] = static_cast<int32_t>(t[j]);
-    out1[j] = static_cast<int32_t>(t[8 + j]);
+  for (int j = 0; j < 8; ++j) {  // t: pixel 0's 8 channels, then pixel 1's
+    out[j * os] = static_cast<int32_t>(t[j]);
+    out[j * os + 1] = static_cast<int32_t>(t[8 + j]);
   }
 }
 
-// AVX-512 with VPOPCNTQ: 8 output channels in one zmm, 2 pixels; 64-bit counts directly.
-__attribute__((target("avx512f,avx512vpopcntdq"))) void block_avx512(
-    const uint64_t* patch0, const uint64_t* patch1, const uint64_t* p, const uint64_t* m,
-    int64_t k, int32_t* out0, int32_t* out1) {
-  __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-  for (int64_t i = 0; i < k; ++i) {
-    const __m512i w = _mm512_loadu_si512(p + i * kLanes);
-    __m512i v0 = _mm512_xor_si512(_mm512_set1_epi64(static_cast<long long>(patch0[i])), w);
-    __m512i v1 = _mm512_xor_si512(_mm512_set1_epi64(static_cast<long long>(patch1[i])), w);
+// popcount(broadcast(x) ^ w) per 64-bit lane, masked by mm for ternary weights.
+__attribute__((target("avx512f,avx512vpopcntdq"))) inline __m512i pop_xor512(uint64_t x,
+                                                                          __m512i w) {
+  return _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_set1_epi64(static_cast<long long>(x)), w));
+}
+__attribute__((target("avx512f,avx512vpopcntdq"))) inline __m512i pop_xor512(uint64_t x,
+                                                                          __m512i w,
+                                                                          __m512i mm) {
+  return _mm512_popcnt_epi64(_mm512_and_si512(
+      _mm512_xor_si512(_mm512_set1_epi64(static_cast<long long>(x)), w), mm));
+}
+
+// AVX-512 with VPOPCNTQ: 8 output channels in one zmm, 4 pixels (a weight load serves 4
+// accumulator chains); 64-bit counts directly.
+__attribute__((target("avx512f,avx512vpopcntdq,avx2"))) void block_avx512(
+    const Src& s, const uint64_t* p, const uint64_t* m, int32_t* out, int64_t os) {
+  __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+  for (int64_t r = 0; r < s.segs; ++r) {
+    const uint64_t* x0 = s.x + r * s.seg_stride;
+    const uint64_t *x1 = x0 + s.pixel, *x2 = x1 + s.pixel, *x3 = x2 + s.pixel;
+    const uint64_t* pr = p + r * s.len * kLanes;
     if (m) {
-      const __m512i mm = _mm512_loadu_si512(m + i * kLanes);
-      v0 = _mm512_and_si512(v0, mm);
-      v1 = _mm512_and_si512(v1, mm);
+      const uint64_t* mr = m + r * s.len * kLanes;
+      for (int64_t i = 0; i < s.len; ++i) {
+        const __m512i w = _mm512_loadu_si512(pr + i * kLanes);
+        const __m512i mm = _mm512_loadu_si512(mr + i * kLanes);
+        s0 = _mm512_add_epi64(s0, pop_xor512(x0[i], w, mm));
+        s1 = _mm512_add_epi64(s1, pop_xor512(x1[i], w, mm));
+        s2 = _mm512_add_epi64(s2, pop_xor512(x2[i], w, mm));
+        s3 = _mm512_add_epi64(s3, pop_xor512(x3[i], w, mm));
+      }
+      continue;
     }
-    s0 = _mm512_add_epi64(s0, _mm512_popcnt_epi64(v0));
-    s1 = _mm512_add_epi64(s1, _mm512_popcnt_epi64(v1));
+    for (int64_t i = 0; i < s.len; ++i) {
+      const __m512i w = _mm512_loadu_si512(pr + i * kLanes);
+      s0 = _mm512_add_epi64(s0, pop_xor512(x0[i], w));
+      s1 = _mm512_add_epi64(s1, pop_xor512(x1[i], w));
+      s2 = _mm512_add_epi64(s2, pop_xor512(x2[i], w));
+      s3 = _mm512_add_epi64(s3, pop_xor512(x3[i], w));
+    }
   }
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out0), _mm512_cvtepi64_epi32(s0));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out1), _mm512_cvtepi64_epi32(s1));
+  // transpose to channel-major: channel j's 4 pixels are out[j * os .. j * os + 3]
+  const __m512i lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+  const __m512i hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+  for (int half = 0; half < 2; ++half) {  // channels 0-3, then 4-7
+    const __m512i idx = half ? hi : lo;
+    // [p0 c, p1 c, p0 c+1, p1 c+1, ...] and the same for pixels 2, 3, as int32
+    const __m256i a = _mm512_cvtepi64_epi32(_mm512_permutex2var_epi64(s0, idx, s1));
+    const __m256i c = _mm512_cvtepi64_epi32(_mm512_permutex2var_epi64(s2, idx, s3));
+    const __m256i even = _mm256_unpacklo_epi64(a, c);  // channels c, c+2: pixels 0-3 each
+    const __m256i odd = _mm256_unpackhi_epi64(a, c);   // channels c+1, c+3
+    int32_t* o = out + 4 * half * os;
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm256_castsi256_si128(even));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + os), _mm256_castsi256_si128(odd));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 2 * os), _mm256_extracti128_si256(even, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 3 * os), _mm256_extracti128_si256(odd, 1));
+  }
 }
 
 bool cpu_has(int level) {  // 1: AVX2 + POPCNT, 2: AVX-512F + VPOPCNTDQ, 3: FMA
@@ -159,25 +230,44 @@ bool cpu_has(int level) {  // 1: AVX2 + POPCNT, 2: AVX-512F + VPOPCNTDQ, 3: FMA
 bool cpu_has(int) { return false; }
 #endif
 
-// o = fma(acc * sc, os, bi): one rounding for the product and sum, as torch.addcmul's vectorized
-// fmadd gives on a CPU with FMA (without FMA, torch and this code multiply, then add).
-#if NS_X86
-__attribute__((target("fma"))) void affine_fma(const int32_t* acc, int64_t n, float sc, float os,
-                                               float bi, float* o) {
-  for (int64_t i = 0; i < n; ++i) o[i] = __builtin_fmaf(static_cast<float>(acc[i]) * sc, os, bi);
-}
-#endif
-
-inline void affine(const int32_t* acc, int64_t n, float sc, float os, float bi, float* o,
-                   bool fma) {
-#if NS_X86
-  if (fma) return affine_fma(acc, n, sc, os, bi, o);
-#endif
-  for (int64_t i = 0; i < n; ++i) {
-    const float y = static_cast<float>(acc[i]) * sc;
-    o[i] = y * os + bi;
+// One output channel's row: its counts (cnt, one per pixel) -> the sum over valid taps
+// (each pixel adds back its padded taps' weight sum, corr[pid]: 0 inside), then count * scale
+// and the layer's epilogue: o = fma(acc * sc, os, bi) with kFma (one rounding for the product
+// and sum, as torch.addcmul's vectorized fmadd gives on a CPU with FMA), else multiply, add.
+template <bool kFma>
+__attribute__((always_inline)) inline void finish_impl(
+    const int32_t* cnt, int64_t ow, int32_t t0, const int32_t* pid,
+    const int32_t* corr, float sc, const float* os, const float* bi, float* o) {
+  // one pass per pixel (an int array written, then read back as vectors, stalls on store
+  // forwarding)
+  const auto count = [&](int64_t ox) {
+    return static_cast<float>(t0 - 2 * cnt[ox] + corr[pid[ox]]) * sc;
+  };
+  if (os) {
+    const float s2 = *os, b2 = *bi;
+    for (int64_t ox = 0; ox < ow; ++ox)
+      o[ox] = kFma ? __builtin_fmaf(count(ox), s2, b2) : count(ox) * s2 + b2;
+  } else if (bi) {
+    const float b2 = *bi;
+    for (int64_t ox = 0; ox < ow; ++ox) o[ox] = count(ox) + b2;
+  } else {
+    for (int64_t ox = 0; ox < ow; ++ox) o[ox] = count(ox);
   }
 }
+
+#define NS_FINISH_ARGS                                                                    \
+  const int32_t *cnt, int64_t ow, int32_t t0, const int32_t *pid,                           \
+      const int32_t *corr, float sc, const float *os, const float *bi, float *o
+#define NS_FINISH_CALL cnt, ow, t0, pid, corr, sc, os, bi, o
+#if NS_X86
+// Vectorized 8 wide where the CPU has AVX2 and FMA (results identical: IEEE operations).
+__attribute__((target("avx2,fma"))) void finish_avx2(NS_FINISH_ARGS) {
+  finish_impl<true>(NS_FINISH_CALL);
+}
+#endif
+// Elsewhere: FMA through the correctly rounded fmaf where the CPU has FMA (torch then fuses).
+void finish_fmaf(NS_FINISH_ARGS) { finish_impl<true>(NS_FINISH_CALL); }
+void finish_plain(NS_FINISH_ARGS) { finish_impl<false>(NS_FINISH_CALL); }
 
 enum Path : int64_t { kAuto = 0, kPortable = 1, kAvx2 = 2, kAvx512 = 3 };
 
@@ -266,61 +356,76 @@ at::Tensor conv(const at::Tensor& xp, const at::Tensor& p, const at::Tensor& m,
   const float* osd = out_scale.numel() ? out_scale.data_ptr<float>() : nullptr;
   const float* bd = bias.numel() ? bias.data_ptr<float>() : nullptr;
   const int64_t k = g.k(), rows = g.n * g.oh, plane = g.oh * g.ow, ntaps = g.kh * g.kw;
+  const int64_t step = kpath == kAvx512 ? 4 : 2;  // output pixels per kernel call
+  // pixels [0, gathered) of a row are read in place: one run of kw * words contiguous words per
+  // kernel row needs dw == 1; the rest (and everything when dw > 1) from gathered patches
+  const int64_t gathered = g.dw == 1 ? g.ow / step * step : 0;
+  // the taps of each output pixel that fall on padding, the same for every image, found once:
+  // each pixel's set of them (its pattern: 9 for a 3x3 conv with padding 1, the first one
+  // empty) and per output channel and pattern the weight sum those taps give back
+  std::vector<std::vector<int64_t>> patterns(1);
+  std::vector<int32_t> pid(plane);
+  std::vector<int64_t> taps;
+  for (int64_t i = 0; i < plane; ++i) {
+    padded_taps(g, i / g.ow, i % g.ow, taps);
+    const auto found = std::find(patterns.begin(), patterns.end(), taps);
+    pid[i] = static_cast<int32_t>(found - patterns.begin());
+    if (found == patterns.end()) patterns.push_back(taps);
+  }
+  const int64_t npat = static_cast<int64_t>(patterns.size());
+  std::vector<int32_t> corr(g.cout * npat, 0);
+  for (int64_t ch = 0; ch < g.cout; ++ch)
+    for (int64_t q = 0; q < npat; ++q)
+      for (int64_t t : patterns[q]) corr[ch * npat + q] += tsum[ch * ntaps + t];
+#if NS_X86
+  const auto finish = fma ? (cpu_has(1) ? finish_avx2 : finish_fmaf) : finish_plain;
+#else
+  const auto finish = finish_plain;
+#endif
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    // one row of output pixels: every pixel's patch (plus a spare for an odd count), the
-    // pixels with padded taps and those taps, and one block's counts for the whole row
-    std::vector<uint64_t> patches((g.ow + 1) * k);
-    std::vector<std::vector<int64_t>> pads(g.ow);
-    std::vector<int64_t> border;
-    std::vector<int32_t> cnt((g.ow + 1) * kLanes);
-    std::vector<int32_t> acc(g.ow);
+    // one row of output pixels: every pixel's patch (plus a spare for an odd count), and one
+    // block's counts for the whole row
+    std::vector<uint64_t> patches((g.ow + step - 1) * k);
+    const int64_t cs = g.ow + step - 1;  // counts per channel row (a partial step's spares)
+    std::vector<int32_t> cnt(cs * kLanes);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t ni = row / g.oh, oy = row % g.oh;
-      border.clear();
-      for (int64_t ox = 0; ox < g.ow; ++ox) {
-        padded_taps(g, oy, ox, pads[ox]);
-        if (!pads[ox].empty()) border.push_back(ox);
-      }
+      const int32_t* row_pid = pid.data() + oy * g.ow;
       for (int64_t gi = 0; gi < g.groups; ++gi) {
         const uint64_t* img = xdata + (ni * g.groups + gi) * g.hp * g.wp * g.words;
-        for (int64_t ox = 0; ox < g.ow; ++ox) gather(img, g, oy, ox, patches.data() + ox * k);
-        if (g.ow % 2) std::memcpy(patches.data() + g.ow * k, patches.data(),
-                                  k * sizeof(uint64_t));
+        // read in place where it can (full steps, dw == 1); gather the other pixels' patches,
+        // plus spare copies for a partial last step
+        for (int64_t ox = gathered; ox < g.ow; ++ox)
+          gather(img, g, oy, ox, patches.data() + ox * k);
+        for (int64_t ox = g.ow; ox % step; ++ox)
+          std::memcpy(patches.data() + ox * k, patches.data() + gathered * k,
+                      k * sizeof(uint64_t));
+        const uint64_t* row_in = img + oy * g.sh * g.wp * g.words;
         for (int64_t blk = 0; blk < g.blocks; ++blk) {
           const uint64_t* pb = pdata + (gi * g.blocks + blk) * k * kLanes;
           const uint64_t* mb = mdata ? mdata + (gi * g.blocks + blk) * k * kLanes : nullptr;
           const int64_t c0 = gi * g.cout_g + blk * kLanes;  // first output channel
           const int64_t lanes = std::min<int64_t>(kLanes, (gi + 1) * g.cout_g - c0);
-          for (int64_t ox = 0; ox < g.ow; ox += 2) {
-            const uint64_t* patch0 = patches.data() + ox * k;
-            int32_t* c = cnt.data() + ox * kLanes;
+          for (int64_t ox = 0; ox < g.ow; ox += step) {
+            const Src src = ox < gathered
+                ? Src{row_in + ox * g.sw * g.words, g.sw * g.words, g.kh, g.kw * g.words,
+                      g.dh * g.wp * g.words}
+                : Src{patches.data() + ox * k, k, 1, k, 0};
+            int32_t* c = cnt.data() + ox;
             switch (kpath) {
 #if NS_X86
-              case kAvx512: block_avx512(patch0, patch0 + k, pb, mb, k, c, c + kLanes); break;
-              case kAvx2: block_avx2(patch0, patch0 + k, pb, mb, k, c, c + kLanes); break;
+              case kAvx512: block_avx512(src, pb, mb, c, cs); break;
+              case kAvx2: block_avx2(src, pb, mb, c, cs); break;
 #endif
-              default:
-                block_portable(patch0, pb, mb, k, c);
-                block_portable(patch0 + k, pb, mb, k, c + kLanes);
+              default: block_portable(src, step, pb, mb, c, cs);
             }
           }
           // the sum over valid taps, then the float epilogue, one output channel at a time
           for (int64_t j = 0; j < lanes; ++j) {
             const int64_t ch = c0 + j;
-            const int32_t t0 = tot[ch];
-            for (int64_t ox = 0; ox < g.ow; ++ox) acc[ox] = t0 - 2 * cnt[ox * kLanes + j];
-            for (int64_t ox : border)
-              for (int64_t t : pads[ox]) acc[ox] += tsum[ch * ntaps + t];
-            float* o = odata + (ni * g.cout + ch) * plane + oy * g.ow;
-            const float sc = al[ch];
-            if (osd) {
-              affine(acc.data(), g.ow, sc, osd[ch], bd[ch], o, fma);
-            } else if (bd) {
-              const float bi = bd[ch];
-              for (int64_t ox = 0; ox < g.ow; ++ox) o[ox] = static_cast<float>(acc[ox]) * sc + bi;
-            } else {
-              for (int64_t ox = 0; ox < g.ow; ++ox) o[ox] = static_cast<float>(acc[ox]) * sc;
-            }
+            finish(cnt.data() + j * cs, g.ow, tot[ch], row_pid, corr.data() + ch * npat,
+                   al[ch], osd ? osd + ch : nullptr, bd ? bd + ch : nullptr,
+                   odata + (ni * g.cout + ch) * plane + oy * g.ow);
           }
         }
       }
@@ -329,30 +434,100 @@ at::Tensor conv(const at::Tensor& xp, const at::Tensor& p, const at::Tensor& m,
   return out;
 }
 
+// sign bits of channels [c0, c1) of one image (planes of hw floats, channel c at bit c - c0)
+// into word[0..hw): bit 1 where !(x < 0) (0 and NaN -> +1). word holds hw rounded up to 16.
+void sign_word_portable(const float* src, int64_t c0, int64_t c1, int64_t hw, uint64_t* word) {
+  std::fill(word, word + hw, 0);
+  for (int64_t ci = c0; ci < c1; ++ci) {
+    const float* s = src + ci * hw;
+    const uint64_t bit = ci - c0;
+    for (int64_t i = 0; i < hw; ++i) word[i] |= static_cast<uint64_t>(!(s[i] < 0.0f)) << bit;
+  }
+}
+
+#if NS_X86
+// Channel by channel (each plane read in order), 16 pixels at a time: one compare gives their
+// sign bits, a masked OR sets the channel's bit in their 16 words. The tail loads zeros, whose
+// words (beyond hw) are not used.
+__attribute__((target("avx512f"))) void sign_word_avx512(const float* src, int64_t c0,
+                                                         int64_t c1, int64_t hw, uint64_t* word) {
+  const __m512 zero = _mm512_setzero_ps();
+  const __mmask16 tail = static_cast<__mmask16>((1u << (hw % 16)) - 1);
+  std::fill(word, word + (hw + 15) / 16 * 16, 0);
+  for (int64_t ci = c0; ci < c1; ++ci) {
+    const float* s = src + ci * hw;
+    const __m512i b = _mm512_set1_epi64(static_cast<long long>(1ULL << (ci - c0)));
+    for (int64_t i = 0; i < hw; i += 16) {
+      const __m512 v = hw - i >= 16 ? _mm512_loadu_ps(s + i) : _mm512_maskz_loadu_ps(tail, s + i);
+      const __mmask16 k = _mm512_cmp_ps_mask(v, zero, _CMP_NLT_UQ);
+      __m512i a0 = _mm512_loadu_si512(word + i), a1 = _mm512_loadu_si512(word + i + 8);
+      a0 = _mm512_mask_or_epi64(a0, static_cast<__mmask8>(k), a0, b);
+      a1 = _mm512_mask_or_epi64(a1, static_cast<__mmask8>(k >> 8), a1, b);
+      _mm512_storeu_si512(word + i, a0);
+      _mm512_storeu_si512(word + i + 8, a1);
+    }
+  }
+}
+
+// The same, 8 pixels at a time: the compare's 32-bit lane masks widened to 64 bits select the
+// channel's bit; the last hw % 8 pixels one by one.
+__attribute__((target("avx2"))) void sign_word_avx2(const float* src, int64_t c0, int64_t c1,
+                                                     int64_t hw, uint64_t* word) {
+  const __m256 zero = _mm256_setzero_ps();
+  const int64_t full = hw / 8 * 8;
+  std::fill(word, word + hw, 0);
+  for (int64_t ci = c0; ci < c1; ++ci) {
+    const float* s = src + ci * hw;
+    const uint64_t bit = 1ULL << (ci - c0);
+    const __m256i b = _mm256_set1_epi64x(static_cast<long long>(bit));
+    for (int64_t i = 0; i < full; i += 8) {
+      const __m256i c = _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(s + i), zero,
+                                                          _CMP_NLT_UQ));
+      auto* w0 = reinterpret_cast<__m256i*>(word + i);
+      auto* w1 = reinterpret_cast<__m256i*>(word + i + 4);
+      _mm256_storeu_si256(w0, _mm256_or_si256(_mm256_loadu_si256(w0), _mm256_and_si256(
+                                  _mm256_cvtepi32_epi64(_mm256_castsi256_si128(c)), b)));
+      _mm256_storeu_si256(w1, _mm256_or_si256(_mm256_loadu_si256(w1), _mm256_and_si256(
+                                  _mm256_cvtepi32_epi64(_mm256_extracti128_si256(c, 1)), b)));
+    }
+    for (int64_t i = full; i < hw; ++i) word[i] |= static_cast<uint64_t>(!(s[i] < 0.0f)) * bit;
+  }
+}
+#endif
+
 // sign(x) (0 and NaN -> +1) packed along each group's channels, zero-padded around the image.
-at::Tensor pack_input(const at::Tensor& x_in, int64_t groups, int64_t ph, int64_t pw) {
+at::Tensor pack_input(const at::Tensor& x_in, int64_t groups, int64_t ph, int64_t pw,
+                      int64_t path) {
   TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat,
               "pack_input takes a float32 [N, C, H, W] tensor");
   const at::Tensor x = x_in.contiguous();
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   TORCH_CHECK(groups >= 1 && c % groups == 0, "channels must divide into groups");
   const int64_t cg = c / groups, words = (cg + 63) / 64, hp = h + 2 * ph, wp = w + 2 * pw;
-  auto out = at::zeros({n, groups, hp, wp, words}, x.options().dtype(at::kLong));
+  const int64_t hw = h * w;
+  const int64_t kpath = choose_path(path);
+  // only the padding needs zeros: a padded output is zero-filled, an unpadded one written whole
+  auto out = (ph || pw) ? at::zeros({n, groups, hp, wp, words}, x.options().dtype(at::kLong))
+                        : at::empty({n, groups, hp, wp, words}, x.options().dtype(at::kLong));
   const float* xd = x.data_ptr<float>();
   auto* od = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
   at::parallel_for(0, n * groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint64_t> word(h * w);
+    std::vector<uint64_t> word((hw + 15) / 16 * 16);
     for (int64_t ng = begin; ng < end; ++ng) {
-      const float* src = xd + ng * cg * h * w;
+      const float* src = xd + ng * cg * hw;
       uint64_t* dst = od + ng * hp * wp * words;
       for (int64_t wi = 0; wi < words; ++wi) {
-        std::fill(word.begin(), word.end(), 0);
-        const int64_t cstop = std::min<int64_t>(cg, (wi + 1) * 64);
-        for (int64_t ci = wi * 64; ci < cstop; ++ci) {
-          const float* s = src + ci * h * w;
-          const uint64_t bit = ci - wi * 64;
-          for (int64_t i = 0; i < h * w; ++i)
-            word[i] |= static_cast<uint64_t>(!(s[i] < 0.0f)) << bit;
+        const int64_t c0 = wi * 64, c1 = std::min<int64_t>(cg, c0 + 64);
+        switch (kpath) {
+#if NS_X86
+          case kAvx512: sign_word_avx512(src, c0, c1, hw, word.data()); break;
+          case kAvx2: sign_word_avx2(src, c0, c1, hw, word.data()); break;
+#endif
+          default: sign_word_portable(src, c0, c1, hw, word.data());
+        }
+        if (words == 1 && ph == 0 && pw == 0) {
+          std::memcpy(dst, word.data(), hw * sizeof(uint64_t));
+          continue;
         }
         for (int64_t y = 0; y < h; ++y)
           for (int64_t xx = 0; xx < w; ++xx)
@@ -403,6 +578,25 @@ at::Tensor or_pool(const at::Tensor& xp, int64_t k, int64_t s, int64_t p, int64_
   return out;
 }
 
+// The whole layer in one call (one dispatch: what batch 1 wants): pack sign(x) (optionally
+// OR-pooled first: ``pool`` = {kernel, stride, padding} or empty), then the conv.
+at::Tensor bitconv(const at::Tensor& x, const at::Tensor& p, const at::Tensor& m,
+                   const at::Tensor& total, const at::Tensor& tap_sum, const at::Tensor& alpha,
+                   const at::Tensor& out_scale, const at::Tensor& bias,
+                   std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                   std::vector<int64_t> dilation, std::vector<int64_t> padding, int64_t groups,
+                   std::vector<int64_t> pool, int64_t path) {
+  TORCH_CHECK(padding.size() == 2 && (pool.empty() || pool.size() == 3),
+              "padding is [ph, pw]; pool is empty or [kernel, stride, padding]");
+  const int64_t ph = padding[0], pw = padding[1];
+  const at::Tensor xp =
+      pool.empty() ? pack_input(x, groups, ph, pw, path)
+                   : or_pool(pack_input(x, groups, 0, 0, path), pool[0], pool[1], pool[2], ph, pw);
+  return conv(xp, p, m, total, tap_sum, alpha, out_scale, bias, std::move(kernel),
+              std::move(stride), std::move(dilation), std::move(padding),
+              {xp.size(2) - 2 * ph, xp.size(3) - 2 * pw}, path);
+}
+
 std::string simd_path() {
   const int64_t p = choose_path(kAuto);
   return p == kAvx512 ? "avx512" : p == kAvx2 ? "avx2" : "portable";
@@ -413,13 +607,19 @@ bool has_path(int64_t path) { return path == kPortable || (path == kAvx2 && cpu_
 }  // namespace
 
 TORCH_LIBRARY(netshrink_kernels, lib) {
-  lib.def("pack_input(Tensor x, int groups, int ph, int pw) -> Tensor", &pack_input);
+  lib.def("pack_input(Tensor x, int groups, int ph, int pw, int path=0) -> Tensor",
+          &pack_input);
   lib.def(
       "conv(Tensor xp, Tensor p, Tensor m, Tensor total, Tensor tap_sum, Tensor alpha, "
       "Tensor out_scale, Tensor bias, "
       "int[] kernel, int[] stride, int[] dilation, int[] padding, int[] in_size, "
       "int path) -> Tensor",
       &conv);
+  lib.def(
+      "bitconv(Tensor x, Tensor p, Tensor m, Tensor total, Tensor tap_sum, Tensor alpha, "
+      "Tensor out_scale, Tensor bias, int[] kernel, int[] stride, int[] dilation, "
+      "int[] padding, int groups, int[] pool, int path) -> Tensor",
+      &bitconv);
   lib.def("or_pool(Tensor xp, int k, int s, int p, int ph, int pw) -> Tensor", &or_pool);
   lib.def("simd_path() -> str", &simd_path);
   lib.def("has_path(int path) -> bool", &has_path);

@@ -1,5 +1,6 @@
-"""``bench compress``: a recipe file reproduces a table row bit for bit, and a user's own model
-factory compresses end to end (prune, quantize, fuse), resumably."""
+"""``bench compress``: a table row written as a recipe file by ``bench recipe`` reproduces the
+row bit for bit, and a user's own model factory compresses end to end (prune, quantize, fuse),
+resumably."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typer.testing import CliRunner
 
 from netshrink.bench.cli import app
 from netshrink.bench.engine import DistEnv
-from netshrink.bench.tables import PROFILE_SETTINGS, TABLES
+from netshrink.bench.recipefile import row_recipe
+from netshrink.bench.tables import PROFILE_SETTINGS, PROFILES, TABLES
 from netshrink.bench.tables.runner import FINAL, RunContext, load_table_data, run_table
 from netshrink.models import MODELS
 
@@ -31,6 +33,8 @@ def _compress(*args: str) -> tuple[int, str]:
 
 @pytest.mark.slow  # trains the two rows twice: ~25 s of CPU
 def test_recipe_file_reproduces_the_smoke_table_row_bit_for_bit(tmp_path: Path):
+    """``bench recipe`` writes the row as a recipe; ``bench compress`` runs it. (The
+    hand-written recipes/smoke_w4a4.toml says the same: test_recipe_export.py checks it.)"""
     smoke = dataclasses.replace(TABLES.get("smoke"), dataset="synthetic")
     profile = dataclasses.replace(PROFILE_SETTINGS["smoke"], train_limit=TRAIN_IMAGES,
                                   test_limit=TEST_IMAGES)
@@ -41,13 +45,17 @@ def test_recipe_file_reproduces_the_smoke_table_row_bit_for_bit(tmp_path: Path):
     row = run_table(ctx, smoke.closure(["nin-w4a4"]))[-1]
     assert row["row"] == "nin-w4a4"
 
-    code, output = _compress("--model", "nin", "--recipe", str(RECIPES / "smoke_w4a4.toml"),
+    recipe = tmp_path / "nin-w4a4.toml"
+    result = CliRunner().invoke(app, ["recipe", "--table", "smoke", "--row", "nin-w4a4",
+                                      "--profile", "smoke", "--out", str(recipe)])
+    assert result.exit_code == 0, result.output
+    code, output = _compress("--model", "nin", "--recipe", str(recipe),
                              "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"),
                              "--train-limit", str(TRAIN_IMAGES),
                              "--test-limit", str(TEST_IMAGES))
     assert code == 0, output
-    assert "before (float) -> after (w4a4)" in output
-    ours = load_file(tmp_path / "out" / "runs" / "compress" / "w4a4" / FINAL)
+    assert "before (nin-float) -> after (nin-w4a4)" in output
+    ours = load_file(tmp_path / "out" / "runs" / "compress" / "nin-w4a4" / FINAL)
     table = load_file(tmp_path / "runs" / "smoke" / "nin-w4a4" / FINAL)
     assert sorted(ours) == sorted(table)
     for name in table:
@@ -158,3 +166,95 @@ def test_bad_model_names_fail_before_any_work(tmp_path: Path):
                                  "--out", str(tmp_path / "out"))
         assert code == 2 and message in output, output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # trains a teacher and a student twice: ~15 s of CPU
+def test_a_row_with_a_teacher_from_another_model_reproduces_bit_for_bit(tmp_path: Path):
+    """The distill table's seed-1 student (a fresh mobilenet_student step beside the
+    resnet18_cifar teacher's, the row's seed) through ``bench recipe`` and ``bench compress``."""
+    one = {p: 1 for p in PROFILES}
+    distill = TABLES.get("distill")
+    rows = tuple(dataclasses.replace(r, schedule=dataclasses.replace(r.schedule, epochs=one))
+                 for r in distill.closure(["mbs-kd-s1"]))
+    table = dataclasses.replace(distill, dataset="synthetic", rows=rows)
+    assert [(r.name, r.model, r.teacher, r.seed) for r in rows] == [
+        ("r18-float", "resnet18_cifar", None, 0),
+        ("mbs-kd-s1", "mobilenet_student", "r18-float", 1)]
+    profile = dataclasses.replace(PROFILE_SETTINGS["smoke"], train_limit=TRAIN_IMAGES,
+                                  test_limit=TEST_IMAGES)
+    train, test = load_table_data(table, profile, tmp_path / "data")
+    ctx = RunContext(table=table, profile=profile, env=DistEnv(), results_dir=tmp_path / "res",
+                     runs_dir=tmp_path / "runs", train_data=train, test_data=test,
+                     show_progress=False)
+    run_table(ctx, list(rows))
+
+    recipe = tmp_path / "kd.toml"
+    recipe.write_text(row_recipe(table, "mbs-kd-s1", "smoke"))
+    code, output = _compress("--model", "resnet18_cifar", "--recipe", str(recipe),
+                             "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"),
+                             "--train-limit", str(TRAIN_IMAGES),
+                             "--test-limit", str(TEST_IMAGES))
+    assert code == 0, output
+    for name in ("r18-float", "mbs-kd-s1"):
+        ours = load_file(tmp_path / "out" / "runs" / "compress" / name / FINAL)
+        theirs = load_file(tmp_path / "runs" / "distill" / name / FINAL)
+        assert sorted(ours) == sorted(theirs), name
+        for key in theirs:
+            assert torch.equal(ours[key], theirs[key]), (name, key)
+
+
+TRAIN_RECIPE = '''
+model_kwargs = { channels = 8 }
+
+[[step]]
+name = "float"
+train = { epochs = 1, lr = 0.05 }
+
+[[step]]
+name = "w4a4"
+[[step.stage]]
+kind = "quant.quantize"
+w = 4
+a = 4
+'''
+
+
+def test_bench_train_runs_a_recipe_with_the_compress_engine(tmp_path: Path, monkeypatch):
+    package = tmp_path / "code" / "ns_test_trainzoo"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(textwrap.dedent(USER_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(TRAIN_RECIPE)
+    spec = "ns_test_trainzoo.nets:build"
+    args = ["train", "--model", spec, "--recipe", str(recipe), "--out", str(tmp_path / "out"),
+            "--dataset", "synthetic", "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+            "--no-progress", "--seed", "3"]
+    try:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "before (float) -> after (w4a4)" in result.output
+        summary = json.loads((tmp_path / "out" / "compress.json").read_text())
+        assert [s["step"] for s in summary["steps"]] == ["float", "w4a4"]
+        assert summary["after"]["size_bytes"] < summary["before"]["size_bytes"]
+        step = json.loads((tmp_path / "out" / "results" / "compress" / "float.json").read_text())
+        assert step["seed"] == 3  # --seed reached the engine
+        assert (tmp_path / "out" / "runs" / "compress" / "w4a4" / FINAL).is_file()
+    finally:
+        if spec in MODELS:
+            MODELS.unregister(spec)
+
+
+def test_bench_train_refuses_options_a_recipe_sets_before_any_work(tmp_path: Path):
+    out = tmp_path / "out"
+    base = ["train", "--recipe", str(RECIPES / "smoke_w4a4.toml"), "--out", str(out),
+            "--dataset", "synthetic", "--device", "cpu"]
+    for extra, named in ((["--epochs", "2"], "--epochs"),  # the default value, given: refused
+                         (["--lr", "0.3", "--width", "0.5"], "--lr, --width"),
+                         (["--teacher", "t.safetensors"], "--teacher")):
+        result = CliRunner().invoke(app, [*base, *extra])
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert f"{named} cannot be combined with --recipe" in text, text
+    assert not out.exists()

@@ -98,11 +98,38 @@ def _step(body: str) -> str:
     (_step('teacher = "nobody"\ntrain = { epochs = 1 }'),
      r"teacher='nobody' is not an earlier step"),
     ('title = "no steps"', r"has no steps"),
+    (_step('seed = -1\ntrain = { epochs = 1 }'), r"seed=-1 must be an integer >= 0"),
+    (_step('model = "nin"\ntrain = { epochs = 1 }'),
+     r"step 1 \('s'\): the first step's model is the command's --model"),
+    ('[[step]]\ntrain = { epochs = 1 }\n' + _step('model = "nosuch"\ntrain = { epochs = 1 }'),
+     r"step 2 \('s'\): model='nosuch' is not a registered model; allowed: .*\bnin\b"),
+    ('[[step]]\ntrain = { epochs = 1 }\n' + _step('model_kwargs = { width = 0.5 }\n'
+                                                  'train = { epochs = 1 }'),
+     r"step 2 \('s'\): model_kwargs needs model = \"NAME\" in the same step"),
+    ('[[step]]\ntrain = { epochs = 1 }\n' + _step('model = "nin"\nmodel_kwargs = 3\n'
+                                                  'train = { epochs = 1 }'),
+     r"model_kwargs=3 must be a table"),
     ("[[step]\n", r"is not valid TOML"),
 ])
 def test_each_mistake_is_one_error_naming_it(text: str, match: str):
     with pytest.raises(RecipeError, match=match):
         parse_recipe(text)
+
+
+def test_a_step_with_its_own_model_starts_afresh_with_its_seed():
+    recipe = parse_recipe('model_kwargs = { width = 0.5 }\n'
+                          '[[step]]\nname = "teacher"\ntrain = { epochs = 2 }\n'
+                          '[[step]]\nname = "student"\nmodel = "nin_gc"\n'
+                          'model_kwargs = { width = 0.25 }\nteacher = "teacher"\nseed = 2\n'
+                          'train = { epochs = 1 }\n[[step.stage]]\nkind = "distill.kd"\n'
+                          '[[step]]\nname = "fused"\n[[step.stage]]\nkind = "bnfuse.fuse"\n')
+    teacher, student, fused = recipe_table(recipe, "nin", "cifar10").rows
+    assert (teacher.model, teacher.model_kwargs, teacher.upstream) == ("nin", {"width": 0.5},
+                                                                         None)
+    assert (student.model, student.model_kwargs, student.upstream) == (
+        "nin_gc", {"width": 0.25}, None)
+    assert (student.teacher, student.seed) == ("teacher", 2)
+    assert (fused.upstream, fused.seed, fused.model_kwargs) == ("student", 0, {})
 
 
 def test_size_is_bounded_before_parsing(tmp_path: Path):

@@ -18,13 +18,16 @@ previous step ended with, then trains it on its schedule (no ``train`` table: no
     kind = "prune.channels"
     prune = { criterion = "l1", amount = 0.5 }
 
-In a step, put ``name`` / ``train`` / ``teacher`` before the ``[[step.stage]]`` blocks (TOML
-puts every key after a ``[[step.stage]]`` header into that stage). A stage is its ``kind`` (a
+In a step, put ``name`` / ``train`` / ``teacher`` / ``model`` / ``seed`` before the
+``[[step.stage]]`` blocks (TOML puts every key after a ``[[step.stage]]`` header into that
+stage). A stage is its ``kind`` (a
 registered stage kind, ``netshrink.core.STAGES``) plus the fields of that kind's config class;
 nested configs (``prune``) are tables. ``train`` takes the keys of the tables' ``Schedule``:
 ``epochs`` (required), ``lr``, ``optimizer``, ``weight_decay``, ``batch_size``, ``schedule``,
 ``recalibrate_bn``. ``teacher`` names an earlier step whose model teaches this step's
-distillation stage.
+distillation stage. ``model`` (with optional ``model_kwargs``; not on the first step, whose
+model is the command's) starts a step from a fresh model instead of the step before: a teacher
+of another architecture beside its student. ``seed`` is added to the run's seed.
 
 Every unknown key or bad value is one ``RecipeError`` (a ValueError) naming where it is, the
 key or value, and what is allowed. Nothing in the file is imported or evaluated: kinds are
@@ -32,8 +35,10 @@ looked up in the stage registry, values go to the config classes' validation.
 
 A recipe becomes a chain of results-table rows (``recipe_table``), each step one row whose
 upstream is the step before, so ``bench compress`` runs it with the tables' runner (one code
-path: same engine, caching, checkpoints, resume, TensorBoard), and a table row is expressible
-as a recipe file (``recipes/smoke_w4a4.toml`` is the smoke table's ``nin-w4a4`` row).
+path: same engine, caching, checkpoints, resume, TensorBoard). The other way, ``row_recipe``
+writes any table row, with the rows it starts from, as a recipe file (``bench recipe``) that
+gives the row's model bit for bit; ``dump_recipe`` writes a ``Recipe`` (TOML written by
+``netshrink.bench.tomlwriter``).
 """
 
 from __future__ import annotations
@@ -47,18 +52,20 @@ from pathlib import Path
 from typing import Any
 
 from netshrink.bench.engine import TrainConfig
-from netshrink.bench.tables.spec import PROFILES, Row, Schedule, Table
+from netshrink.bench.tables.profiles import PROFILE_SETTINGS
+from netshrink.bench.tables.spec import NO_TRAINING, PROFILES, Row, Schedule, Table
+from netshrink.bench.tomlwriter import toml_comment, toml_key, toml_value
 from netshrink.core import STAGES, stage_from_description
 
 MAX_BYTES = 64 * 1024  # a recipe is a few dozen lines; anything this big is not one
 MAX_STEPS = 64
 TOP_KEYS = ("title", "model_kwargs", "step")
-STEP_KEYS = ("name", "train", "teacher", "stage")
+STEP_KEYS = ("name", "train", "teacher", "seed", "model", "model_kwargs", "stage")
 TRAIN_KEYS = ("epochs", "lr", "optimizer", "weight_decay", "batch_size", "schedule",
               "recalibrate_bn")
 # packages whose stages a recipe may name; imported (when installed) to fill the registry
 STAGE_PACKAGES = ("netshrink.quant", "netshrink.prune", "netshrink.bnfuse", "netshrink.distill",
-                  "netshrink.lowrank")
+                  "netshrink.lowrank", "netshrink.auto", "netshrink.share")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -69,12 +76,17 @@ class RecipeError(ValueError):
 @dataclass(frozen=True)
 class Step:
     """One step: stage records (``{"kind", "config"}``, as core describes stages), then
-    training on ``schedule`` (``epochs`` 0: none)."""
+    training on ``schedule`` (``epochs`` 0: none). ``model`` (a later step only): the step
+    starts from that model, built afresh with ``model_kwargs``, not from the step before (a
+    teacher's chain beside the student's). ``seed`` is added to the run's seed."""
 
     name: str
     stages: tuple[dict[str, Any], ...]
     schedule: Schedule
     teacher: str | None = None
+    seed: int = 0
+    model: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -159,12 +171,44 @@ def _step(raw: Any, i: int, earlier: list[str], source: str) -> Step:
     raw_stages = raw.get("stage", [])
     if not isinstance(raw_stages, list):
         raise RecipeError(f"{where}: 'stage' must be an array of tables ([[step.stage]])")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise RecipeError(f"{where}: seed={seed!r} must be an integer >= 0 (added to the run's "
+                          "--seed)")
+    model, model_kwargs = _step_model(raw, i, where)
     stages = tuple(_stage(s, f"{where}, stage {j + 1}") for j, s in enumerate(raw_stages))
     schedule = _schedule(raw.get("train"), f"{where}, train")
     if not stages and schedule.epochs[PROFILES[0]] == 0:
         raise RecipeError(f"{where} neither applies a stage nor trains; give it [[step.stage]] "
                           "tables, a train = { epochs = N } table, or both")
-    return Step(name=name, stages=stages, schedule=schedule, teacher=teacher)
+    return Step(name=name, stages=stages, schedule=schedule, teacher=teacher, seed=seed,
+                model=model, model_kwargs=model_kwargs)
+
+
+def _step_model(raw: dict[str, Any], i: int, where: str) -> tuple[str | None, dict[str, Any]]:
+    """A step's own ``model`` / ``model_kwargs`` (a fresh start; not on the first step, whose
+    model is the command's --model)."""
+    model, kwargs = raw.get("model"), raw.get("model_kwargs")
+    if model is None:
+        if kwargs is not None:
+            raise RecipeError(f"{where}: model_kwargs needs model = \"NAME\" in the same step "
+                              "(the first step's model arguments are the top-level "
+                              "model_kwargs)")
+        return None, {}
+    if i == 0:
+        raise RecipeError(f"{where}: the first step's model is the command's --model; "
+                          "'model' is for a later step that starts afresh from another model")
+    from netshrink.models import MODELS
+
+    if not isinstance(model, str) or not (model in MODELS or model.startswith("tv:")):
+        raise RecipeError(f"{where}: model={model!r} is not a registered model; allowed: "
+                          f"{', '.join(MODELS.names())}, or tv:<torchvision name>")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        raise RecipeError(f"{where}: model_kwargs={kwargs!r} must be a table of the model "
+                          "factory's arguments, e.g. model_kwargs = { width = 0.5 }")
+    return model, dict(kwargs)
 
 
 def _stage(raw: Any, where: str) -> dict[str, Any]:
@@ -248,9 +292,155 @@ def recipe_table(recipe: Recipe, model: str, dataset: str, name: str = "compress
     (the first from ``model`` built with ``recipe.model_kwargs``)."""
     rows = []
     for i, step in enumerate(recipe.steps):
-        rows.append(Row(step.name, step.name, model=model if i == 0 else "",
-                        model_kwargs=dict(recipe.model_kwargs) if i == 0 else {},
+        fresh = i == 0 or step.model is not None
+        kwargs = recipe.model_kwargs if i == 0 else step.model_kwargs
+        rows.append(Row(step.name, step.name,
+                        model=(model if i == 0 else step.model or "") if fresh else "",
+                        model_kwargs=dict(kwargs) if fresh else {},
                         stages=step.stages, schedule=step.schedule,
-                        upstream=recipe.steps[i - 1].name if i else None, teacher=step.teacher))
+                        upstream=None if fresh else recipe.steps[i - 1].name,
+                        teacher=step.teacher, seed=step.seed))
     return Table(name=name, title=recipe.title, rows=tuple(rows), baseline=rows[0].name,
                  dataset=dataset, ci_only=True)
+
+
+def dump_recipe(recipe: Recipe, header: str = "") -> str:
+    """``recipe`` as recipe-file TOML (``header``: comment lines at the top).
+    ``parse_recipe`` of the text gives the recipe back (tuples in configs as lists)."""
+    out = [toml_comment(header)] if header else []
+    out.append(f"title = {toml_value(recipe.title)}")
+    if recipe.model_kwargs:
+        out.append(f"model_kwargs = {toml_value(recipe.model_kwargs)}")
+    for step in recipe.steps:
+        out += ["", "[[step]]", f"name = {toml_value(step.name)}"]
+        if step.model is not None:
+            out.append(f"model = {toml_value(step.model)}")
+            if step.model_kwargs:
+                out.append(f"model_kwargs = {toml_value(step.model_kwargs)}")
+        if step.teacher is not None:
+            out.append(f"teacher = {toml_value(step.teacher)}")
+        if step.seed:
+            out.append(f"seed = {toml_value(step.seed)}")
+        train = _train_table(step.schedule)
+        if train is not None:
+            out.append(f"train = {toml_value(train)}")
+        for stage in step.stages:
+            out += ["[[step.stage]]", f"kind = {toml_value(stage['kind'])}"]
+            out += [f"{toml_key(k)} = {toml_value(v)}" for k, v in stage["config"].items()]
+    return "\n".join(out) + "\n"
+
+
+def _train_table(schedule: Schedule) -> dict[str, Any] | None:
+    """The ``train`` table of a step's schedule (one epoch count for every profile); None for
+    no training with the default options (the table left out)."""
+    epochs = {schedule.epochs[p] for p in PROFILES}
+    if len(epochs) != 1:
+        raise ValueError(f"schedule {schedule!r} has different epochs per profile; a recipe "
+                         "step has one epoch count (pick a profile: row_recipe's profile)")
+    if schedule == NO_TRAINING:
+        return None
+    return {"epochs": epochs.pop(), **{k: getattr(schedule, k) for k in TRAIN_KEYS[1:]}}
+
+
+def row_recipe(table: Table, row_name: str, profile: str = "full") -> str:
+    """Table ``table``'s row ``row_name`` under ``profile`` as recipe-file TOML: the row with
+    every row it depends on (upstream chain, teacher), one step each, with the profile's epochs
+    and model width. A header comment says how to run it: ``bench compress --model MODEL`` on
+    the profile's data gives the row's model bit for bit. RecipeError (naming the row and the
+    reason) for a row a recipe cannot express."""
+    recipe, model = row_as_recipe(table, row_name, profile)
+    settings = PROFILE_SETTINGS[profile]
+    row = table.row(row_name)
+    limits = "".join(f" --{flag} {n}" for flag, n in (("train-limit", settings.train_limit),
+                                                       ("test-limit", settings.test_limit))
+                     if n is not None)
+    lines = [f"The {table.name} table's row {row.name} ({row.label}), profile {profile},",
+             "with every row it starts from, one step each; written by",
+             f"  bench recipe --table {table.name} --row {row.name} --profile {profile}",
+             "Run it on the profile's data (gives the row's model bit for bit):",
+             f"  bench compress --model {model} --recipe THIS_FILE --dataset {table.dataset}"
+             f"{limits} --out RUN_DIR"]
+    measured = [what for what, on in (
+        ("latency", row.latency), ("ONNX deployment", row.name in table.deploy_rows),
+        ("accuracy before training", table.before_training and bool(row.stages))) if on]
+    if measured:
+        lines.append(f"The table also measures {', '.join(measured)} for this row; bench "
+                     "compress does not (the model is the same).")
+    return dump_recipe(recipe, header="\n".join(lines))
+
+
+def row_as_recipe(table: Table, row_name: str, profile: str = "full") -> tuple[Recipe, str]:
+    """The ``Recipe`` of ``row_recipe`` and the model to give ``bench compress`` (the first
+    step's)."""
+    if profile not in PROFILES:
+        raise RecipeError(f"profile {profile!r} is not a profile; allowed: {', '.join(PROFILES)}")
+    settings = PROFILE_SETTINGS[profile]
+    if settings.channels_last != PROFILE_SETTINGS["full"].channels_last:
+        raise RecipeError(f"profile {profile!r} trains with channels_last="
+                          f"{settings.channels_last}, bench compress with "
+                          f"{PROFILE_SETTINGS['full'].channels_last}; its rows cannot be "
+                          "reproduced by a recipe")
+    where = f"table {table.name!r}, row {row_name!r}"
+    names = [r.name for r in table.rows]
+    if row_name not in names:
+        raise RecipeError(f"table {table.name!r} has no row {row_name!r}; rows: "
+                          f"{', '.join(names)}")
+    order = _recipe_order(table, row_name)
+    steps = []
+    for i, name in enumerate(order):
+        row = table.row(name)
+        if row.upstream is not None and (i == 0 or order[i - 1] != row.upstream):
+            raise RecipeError(
+                f"{where} cannot be written as a recipe: its chain needs row {name!r} to start "
+                f"from {row.upstream!r}, but a recipe step starts from the step before it "
+                f"({order[i - 1]!r}) and {row.upstream!r} must come earlier for another row "
+                "(a teacher); run that part with bench reproduce --rows")
+        bad = [s for s in row.stages if set(s) != {"kind", "config"} or "kind" in s["config"]]
+        if bad:
+            raise RecipeError(f"{where} cannot be written as a recipe: row {name!r} has the "
+                              f"stage record {bad[0]!r}; a recipe stage is its kind plus its "
+                              "config's fields")
+        epochs = row.schedule.epochs[profile]
+        schedule = dataclasses.replace(row.schedule, epochs={p: epochs for p in PROFILES})
+        if not row.stages and epochs == 0:
+            raise RecipeError(f"{where} cannot be written as a recipe: under profile "
+                              f"{profile!r} row {name!r} neither applies a stage nor trains "
+                              "(a recipe step must do one of them)")
+        fresh = row.upstream is None
+        kwargs = _profile_kwargs(row, settings.width) if fresh else {}
+        steps.append(Step(name=row.name, stages=tuple(row.stages), schedule=schedule,
+                          teacher=row.teacher, seed=row.seed,
+                          model=row.model if fresh and i > 0 else None,
+                          model_kwargs=kwargs if i > 0 else {}))
+    first = table.row(order[0])
+    recipe = Recipe(title=f"{table.title}: {table.row(row_name).label}", steps=tuple(steps),
+                    model_kwargs=_profile_kwargs(first, settings.width),
+                    source=f"{table.name}/{row_name}")
+    return recipe, first.model
+
+
+def _recipe_order(table: Table, row_name: str) -> list[str]:
+    """``row_name`` and the rows it depends on, each after its teacher and its upstream, a
+    row's upstream placed last before it where possible (teacher first)."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        row = table.row(name)
+        for dependency in (row.teacher, row.upstream):  # the upstream last: right before
+            if dependency is not None:
+                visit(dependency)
+        order.append(name)
+
+    visit(row_name)
+    return order
+
+
+def _profile_kwargs(row: Row, width: float) -> dict[str, Any]:
+    """A first row's model arguments with the profile's width folded in, as the runner builds
+    it (``bench compress`` runs at width 1: the recipe carries the width)."""
+    kwargs = dict(row.model_kwargs)
+    if not row.model.startswith("tv:") and (width != 1.0 or "width" in kwargs):
+        kwargs["width"] = kwargs.get("width", 1.0) * width
+    return kwargs

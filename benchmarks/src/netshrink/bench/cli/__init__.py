@@ -15,6 +15,7 @@ import typer
 from netshrink.bench.cli import compress as _compress
 from netshrink.bench.cli import export as _export
 from netshrink.bench.cli import fuse as _fuse
+from netshrink.bench.cli import recipe as _recipe
 from netshrink.bench.cli import sensitivity as _sensitivity
 from netshrink.bench.cli import stats as _stats
 from netshrink.bench.cli import tables as _tables
@@ -48,6 +49,7 @@ for _name, _command in (
     ("fuse-check", _fuse.fuse_check),
     ("export", _export.export),
     ("compress", _compress.compress),
+    ("recipe", _recipe.recipe),
     ("sensitivity", _sensitivity.sensitivity),
 ):
     app.command(_name)(report_errors(_command))

@@ -11,6 +11,9 @@ step after it. The end is a before / after table (the first step against the las
 MODEL is a registered name (``bench models``), ``tv:<torchvision name>``, or your own factory
 ``package.module:function``: the module is imported (it must be importable, e.g. on
 PYTHONPATH) and the function called with ``num_classes`` and the recipe's ``model_kwargs``.
+
+``run_recipe`` is the whole command as a function; ``bench train --recipe`` calls it too (one
+engine). ``bench recipe`` writes a table row as a recipe file for this command.
 """
 
 from __future__ import annotations
@@ -109,6 +112,18 @@ def compress(
 ) -> None:
     """Compress MODEL with the RECIPE file's steps on DATASET; print the before / after
     table (accuracy, MACs, params, packed size)."""
+    run_recipe(model, recipe, out, dataset=dataset, device=device, data_dir=data_dir,
+               download=download, train_limit=train_limit, test_limit=test_limit, seed=seed,
+               progress=progress)
+
+
+def run_recipe(model: str, recipe: Path, out: Path, *, dataset: str = "cifar10",
+               device: str = "auto", data_dir: Path | None = None, download: bool = False,
+               train_limit: int | None = None, test_limit: int | None = None, seed: int = 0,
+               progress: bool = True) -> dict[str, Any] | None:
+    """What ``bench compress`` (and ``bench train --recipe``) run: check every option and the
+    recipe, run its steps as table rows, write ``OUT/compress.json`` and print the before /
+    after table. Returns the summary (None on the ranks other than 0)."""
     validate.check_in_file("--recipe", recipe, "a recipe TOML file")
     parsed = load_recipe(recipe)  # every key and value checked before anything is built
     name = user_model(model)
@@ -139,13 +154,15 @@ def compress(
                 print(f"step {row.name}: {state}")
 
         results = run_table(ctx, list(table.rows), on_row=on_row)
-        if env.is_main:
-            summary = compress_summary(parsed, table, results, model=model, dataset=dataset)
-            write_summary(out / "compress.json", summary)
-            print(before_after(summary))
-            print(f"\nfinal model: {out / 'runs' / TABLE_NAME / table.rows[-1].name}"
-                  "/final.safetensors (load with netshrink.models.load_model); packed file "
-                  "beside it")
+        if not env.is_main:
+            return None
+        summary = compress_summary(parsed, table, results, model=model, dataset=dataset)
+        write_summary(out / "compress.json", summary)
+        print(before_after(summary))
+        print(f"\nfinal model: {out / 'runs' / TABLE_NAME / table.rows[-1].name}"
+              "/final.safetensors (load with netshrink.models.load_model); packed file "
+              "beside it")
+        return summary
     finally:
         env.close()
 

@@ -4,6 +4,13 @@
 is loaded with ``load_model`` (the safe loader) before any data, checked against the dataset's
 classes and input once the data is there, evaluated on the test split, and recorded in the
 checkpoints' meta and summary.json. The student's model.safetensors does not need it to load.
+
+``--recipe FILE`` runs a recipe file on MODEL instead (``bench compress``'s code path: the
+tables' engine, one run folder per step under ``OUT/runs/compress/``, resumed when run again).
+The recipe's steps give the training (their ``train`` tables) and the model's arguments
+(``model_kwargs``), so the options that set those here (``RECIPE_EXCLUDES``: --epochs, --lr,
+--width, --teacher, ...) are an error beside --recipe, naming them; --model, --out, --dataset,
+--data-dir, --download, --device, --seed and --progress apply.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from netshrink.bench.cli import validate
+from netshrink.bench.cli.compress import run_recipe
 from netshrink.bench.cli.stats import model_kwargs
 from netshrink.bench.data import load_dataset, resolve_data_root
 from netshrink.bench.data.dataset import MNIST_SPLITS
@@ -39,9 +47,16 @@ from netshrink.models import create_model, load_model, save_model
 #: Distillation defaults when --teacher is given without --kd-alpha / --kd-temperature.
 KD_ALPHA = DistillConfig.alpha
 KD_TEMPERATURE = DistillConfig.temperature
+#: Options that set what a recipe sets itself (training, model arguments, distillation) or that
+#: the tables' engine fixes (amp, channels_last, ...): an error beside --recipe.
+RECIPE_EXCLUDES = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                   "schedule", "warmup_epochs", "width", "block_order", "amp", "channels_last",
+                   "compile", "sync_bn", "log_every", "mnist_split", "teacher", "kd_alpha",
+                   "kd_temperature")
 
 
 def train(
+    ctx: typer.Context,
     out: Annotated[
         Path,
         typer.Option(
@@ -108,8 +123,19 @@ def train(
         typer.Option(help=f"With --teacher: softmax temperature T > 0 (default "
                      f"{KD_TEMPERATURE})."),
     ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="Run this recipe file on MODEL instead (as bench compress does; see "
+                     "docs/compress.md); the recipe sets the training and model arguments."),
+    ] = None,
 ) -> None:
-    """Train MODEL on DATASET; print accuracy, GMACs, params and size."""
+    """Train MODEL on DATASET (or run a --recipe on it); print accuracy, GMACs, params and
+    size."""
+    if recipe is not None:
+        _check_recipe_options(ctx)
+        run_recipe(model, recipe, out, dataset=dataset, device=device, data_dir=data_dir,
+                   download=download, seed=seed, progress=progress)
+        return
     try:
         config = TrainConfig(
             epochs=epochs,
@@ -151,6 +177,21 @@ def train(
         )
     finally:
         env.close()
+
+
+def _check_recipe_options(ctx: typer.Context) -> None:
+    """None of ``RECIPE_EXCLUDES`` given (on the command line or from the environment)."""
+    # by name: typer bundles its own click, whose ParameterSource is not click's
+    sources = {name: getattr(ctx.get_parameter_source(name), "name", None)
+               for name in RECIPE_EXCLUDES}
+    given = [f"--{name.replace('_', '-')}" for name, source in sources.items()
+             if source not in (None, "DEFAULT", "DEFAULT_MAP")]
+    if given:
+        raise typer.BadParameter(
+            f"{', '.join(given)} cannot be combined with --recipe: the recipe's steps set the "
+            "training (their train tables) and the model's arguments (model_kwargs); edit the "
+            "recipe instead (options that apply: --model, --out, --dataset, --data-dir, "
+            "--download, --device, --seed, --progress)")
 
 
 def _distill_stage(teacher: Path | None, alpha: float | None,

@@ -156,3 +156,24 @@ def test_cli_reports_a_bad_recipe_as_one_error_line(tmp_path: Path):
     assert "unknown key 'trian'" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('model_kwargs = { width = 1000.0 }\n[[step]]\nname = "a"\ntrain = { epochs = 1 }\n',
+     r"step 'a': model 'nin' with \{'width': 1000.0\} has [\d,]+ parameter and buffer "
+     r"elements; a recipe may ask for at most 2,147,483,648"),
+    ('[[step]]\nname = "a"\ntrain = { epochs = 1 }\n[[step]]\nname = "b"\nmodel = "nin"\n'
+     'model_kwargs = { width = 5e3 }\ntrain = { epochs = 1 }\n',
+     r"step 'b': model 'nin' .* has [\d,]+ parameter"),
+    ('[[step]]\nname = "a"\ntrain = { epochs = 1 }\n[[step]]\nname = "b"\nmodel = "nin"\n'
+     'model_kwargs = { depth = 3 }\ntrain = { epochs = 1 }\n',
+     r"step 'b': model 'nin' with \{'depth': 3\}: .*unknown argument"),
+])
+def test_a_recipe_asking_for_a_huge_or_unbuildable_model_is_refused_before_allocation(
+        text, message):
+    """The model a recipe asks for is built on the meta device first: a width of 1000 (about
+    1e12 parameters) is one RecipeError, not an attempt to allocate terabytes."""
+    from netshrink.bench.recipefile import recipe_table
+
+    with pytest.raises(RecipeError, match=message):
+        recipe_table(parse_recipe(text), "nin", "cifar10")

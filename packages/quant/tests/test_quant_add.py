@@ -3,6 +3,7 @@ add of a ResNet block becomes a ``QuantAdd`` on uint8 grids (the block's final R
 values already quantized by another add are not quantized twice, other schemes are untouched,
 and the structure survives checkpoints and packed files."""
 
+import re
 from collections import OrderedDict
 
 import pytest
@@ -167,3 +168,23 @@ def test_quant_adds_survive_checkpoints(tmp_path):
         loaded = models.load_model(tmp_path / "m.safetensors")
         assert len(_adds(loaded)) == 8
         assert torch.equal(loaded(x), ref)
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"bits": 2**30}, "bits=1073741824 is not allowed"),
+    ({"bits": "8"}, "is not allowed"),
+    ({"bits": 3.5}, "is not allowed"),
+    ({"relu": 1}, "relu=1 must be True or False"),
+    ({"quantize_a": "yes"}, "quantize_a='yes' must be True or False"),
+    ({"estimator": "os.system"}, "estimator='os.system' is not allowed"),
+    ({"zzz": 1}, "unknown argument 'zzz'"),
+    ({"bits": [8] * 10**4}, "must be a scalar"),
+    ("bits=8", "must be a JSON object"),
+])
+def test_a_crafted_quant_add_record_in_a_packed_structure_is_refused(args, message):
+    """A packed file's structure names QuantAdd modules by record: each bad value is one
+    ValueError naming it, before anything is allocated from it."""
+    from netshrink.quant.structure import module_from_spec
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module_from_spec({"type": "quant.QuantAdd", "args": args})

@@ -59,6 +59,10 @@ from netshrink.core import STAGES, stage_from_description
 
 MAX_BYTES = 64 * 1024  # a recipe is a few dozen lines; anything this big is not one
 MAX_STEPS = 64
+# the largest model a recipe may ask for (parameters + buffers, counted on the meta device
+# before anything is allocated): 2^31 elements, 8 GiB in float32; torchvision's largest
+# convolutional classifiers have under 2^28
+MAX_MODEL_ELEMENTS = 2**31
 TOP_KEYS = ("title", "model_kwargs", "step")
 STEP_KEYS = ("name", "train", "teacher", "seed", "model", "model_kwargs", "stage")
 TRAIN_KEYS = ("epochs", "lr", "optimizer", "weight_decay", "batch_size", "schedule",
@@ -300,8 +304,33 @@ def recipe_table(recipe: Recipe, model: str, dataset: str, name: str = "compress
                         stages=step.stages, schedule=step.schedule,
                         upstream=None if fresh else recipe.steps[i - 1].name,
                         teacher=step.teacher, seed=step.seed))
+    for row in rows:
+        if row.model:
+            check_model_size(row.model, row.model_kwargs, f"step {row.name!r}")
     return Table(name=name, title=recipe.title, rows=tuple(rows), baseline=rows[0].name,
                  dataset=dataset, ci_only=True)
+
+
+def check_model_size(model: str, kwargs: dict[str, Any], where: str) -> None:
+    """Refuse a model whose parameters and buffers exceed ``MAX_MODEL_ELEMENTS`` (a recipe's
+    ``model_kwargs = { width = 1000 }``) by building it on the meta device, where no memory is
+    behind any tensor; bad arguments surface here too, as one RecipeError."""
+    import torch
+
+    from netshrink.models import create_model
+
+    try:
+        with torch.device("meta"):
+            built = create_model(model, num_classes=10, **kwargs)
+    except ValueError as err:
+        raise RecipeError(f"{where}: model {model!r} with {kwargs!r}: {err}") from err
+    except (NotImplementedError, RuntimeError):
+        return  # a user's factory that needs real tensors to build: its real build decides
+    elements = sum(t.numel() for t in (*built.parameters(), *built.buffers()))
+    if elements > MAX_MODEL_ELEMENTS:
+        raise RecipeError(f"{where}: model {model!r} with {kwargs!r} has {elements:,} "
+                          f"parameter and buffer elements; a recipe may ask for at most "
+                          f"{MAX_MODEL_ELEMENTS:,}")
 
 
 def dump_recipe(recipe: Recipe, header: str = "") -> str:

@@ -9,6 +9,10 @@ DATA_DIR ?= $(or $(NETSHRINK_DATA),$(wildcard ../shared/datasets),$(HOME)/.cache
 RESULTS ?= results
 RUNS ?= runs
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): one per CPU; each runs torch single-threaded (OMP_NUM_THREADS=1
+# unless set), since two workers with two threads each on two cores oversubscribe them. Tests
+# of multi-threaded code set their thread count themselves. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= auto
 
 .PHONY: install test reproduce clean
 
@@ -19,7 +23,7 @@ $(VENV)/.installed: scripts/install.sh constraints.txt $(wildcard packages/*/pyp
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 reproduce: install
 	$(VENV)/bin/bench reproduce --table all --profile quick --data-dir "$(DATA_DIR)" --download \

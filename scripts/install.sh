@@ -6,7 +6,7 @@
 # --venv DIR      create (if needed) and install into this virtual environment (default: .venv)
 # --no-venv       install into the python on PATH (inside a Docker image's own environment)
 # --only LIST     install only these packages (names under packages/, or "bench"); default all
-# --dev           also install the test tools (pytest, pytest-benchmark, ruff)
+# --dev           also install the test tools (pytest, pytest-benchmark, pytest-xdist, ruff)
 # --no-editable   install copies instead of editable checkouts (images, release checks)
 # Versions come from constraints.txt; the packages themselves only state ranges.
 set -euo pipefail
@@ -64,7 +64,7 @@ done
 # "-e packages/prune[test]": pip 23's resolver then misses the local netshrink-prune for the
 # packages listed before it that depend on it, netshrink-auto, and looks it up on the index)
 if [ "$dev" = 1 ]; then
-  args+=(pytest pytest-benchmark ruff hypothesis)
+  args+=(pytest pytest-benchmark pytest-xdist ruff hypothesis)
   case " $only " in *" prune "*) args+=(timm) ;; esac
 fi
 

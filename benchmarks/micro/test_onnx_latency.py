@@ -14,17 +14,19 @@ conv quantized, as ``quantize_static`` does), W4A4 (first and last layer float, 
 layer's channels removed (L1 norm, per layer, the smoke table's recipe), fine-tuned as long,
 then (a copy) int8 QAT as above. ``quantize_static`` (QDQ,
 per-channel int8 weights, uint8 activations) calibrates on 512 training images. Accuracy is
-ONNX Runtime's on the test images; latency is the median at batch 1 and 64 with ORT's default
-threads and optimization level (NETSHRINK_BENCH_ROUNDS batch-64 rounds, batch 1 ten times
-as many). Prints one table with ratios to ORT float; asserts no time, only that the int8
-exports run QLinearConv and agree with PyTorch on >= 99 % of the test images.
+ONNX Runtime's on the test images; latency at batch 1 and 64 with ORT's default threads and
+optimization level, every file timed in the same interleaved rounds
+(``netshrink.deploy.measure_paired``: batch 1 2 x NETSHRINK_BENCH_ROUNDS rounds of 5 runs,
+batch 64 NETSHRINK_BENCH_ROUNDS / 2 rounds of 2), the speed-ups the medians of the ratios
+within each round (steady to a few percent on a shared machine, where two medians taken one
+after the other moved by +-20 %). Prints one table with ratios to ORT float; asserts no time,
+only that the int8 exports run QLinearConv and agree with PyTorch on >= 99 % of the test images.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -44,7 +46,7 @@ from torch import nn
 from netshrink.bench.data.dataset import load_dataset
 from netshrink.bench.data.synthetic import synthetic
 from netshrink.core import stage_from_description
-from netshrink.deploy import check_onnx, export_onnx
+from netshrink.deploy import check_onnx, export_onnx, measure_paired, open_session
 from netshrink.models import create_model
 from netshrink.quant import QuantConfig, quantize_
 
@@ -105,16 +107,6 @@ class _Reader(CalibrationDataReader):
         return None if batch is None else {"input": batch.numpy()}
 
 
-def _latency_ms(session: ort.InferenceSession, x: np.ndarray, rounds: int) -> float:
-    session.run(None, {"input": x})  # warm-up
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        session.run(None, {"input": x})
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def _ort_accuracy(path: Path, x: torch.Tensor, y: torch.Tensor) -> float:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     hits = 0
@@ -170,33 +162,42 @@ def test_onnx_trained_nin_qat_vs_ort_ptq(tmp_path, capsys) -> None:
 
     rows = {name: {"acc": _ort_accuracy(path, x_test, y_test),
                    "MB": path.stat().st_size / 2**20} for name, path in files.items()}
-    for batch in BATCHES:
-        x = x_test[:batch].numpy()
-        rounds = ROUNDS * (10 if batch == 1 else 1)
-        for name, path in files.items():
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            rows[name][batch] = _latency_ms(session, x, rounds)
-    base = rows["ORT float"]
+    # every file timed in the same rounds (alternating order), ratios within each round
+    sessions = {name: open_session("onnxruntime", path) for name, path in files.items()}
+    paired = measure_paired(sessions, tuple(x_test.shape[1:]), BATCHES,
+                            rounds={1: (2 * ROUNDS, 5), 64: (max(ROUNDS // 2, 1), 2)})
+    for name in files:
+        for batch in BATCHES:
+            rows[name][batch] = paired.ms[name][f"batch{batch}"]
+            rows[name][f"x{batch}"] = paired.speedup[name][f"batch{batch}"]
+            rows[name][f"spread{batch}"] = paired.spread[name][f"batch{batch}"]
     with capsys.disabled():
         print(f"\nONNX Runtime {ort.__version__}, NIN width {WIDTH}, {source}: "
               f"{len(x_train)} train / {len(x_test)} test images; float {EPOCHS} epochs "
               f"({t_float:.0f} s), each QAT {QAT_EPOCHS} epochs ({t_qat:.0f} s for all); "
               f"CPU threads default ({os.cpu_count()} cores)")
+        print(f"latency: the median of round medians, every file timed in the same rounds "
+              f"(batch 1: {paired.rounds['batch1']} rounds of {paired.per_round['batch1']} "
+              f"runs, batch 64: {paired.rounds['batch64']} of {paired.per_round['batch64']}); "
+              "x: the median of the per-round ratios to ORT float, +-: their interquartile "
+              "range / median")
         print(f"{'model':<26} {'ORT acc':>8} {'torch acc':>9} {'agree':>6} {'MB':>6} "
-              f"{'b1 ms':>8} {'x':>6} {'b64 ms':>8} {'x':>6}  integer kernels")
+              f"{'b1 ms':>8} {'x':>6} {'+-':>5} {'b64 ms':>8} {'x':>6} {'+-':>5}  "
+              "integer kernels")
         for name, r in rows.items():
             c = checks.get(name)
             t_acc = torch_acc.get(name)
             print(f"{name:<26} {r['acc']:>8.4f} "
                   f"{'-' if t_acc is None else f'{t_acc:.4f}':>9} "
                   f"{'-' if c is None else f'{c.agreement:.3f}':>6} {r['MB']:>6.3f} "
-                  f"{r[1]:>8.2f} {base[1] / r[1]:>5.2f}x {r[64]:>8.2f} {base[64] / r[64]:>5.2f}x"
+                  f"{r[1]:>8.2f} {r['x1']:>5.2f}x {r['spread1']:>5.2f} "
+                  f"{r[64]:>8.2f} {r['x64']:>5.2f}x {r['spread64']:>5.2f}"
                   f"  {'' if c is None else c.integer_ops}")
         ptq = rows["ORT quantize_static int8"]
         ours = rows["netshrink int8 QAT"]
         print(f"int8 QAT vs ORT PTQ: accuracy {ours['acc'] - ptq['acc']:+.4f}, speed-up "
-              f"b1 x{base[1] / ours[1]:.2f} vs x{base[1] / ptq[1]:.2f}, "
-              f"b64 x{base[64] / ours[64]:.2f} vs x{base[64] / ptq[64]:.2f}")
+              f"b1 x{ours['x1']:.2f} vs x{ptq['x1']:.2f}, "
+              f"b64 x{ours['x64']:.2f} vs x{ptq['x64']:.2f}")
         both = rows["netshrink pruned 50% + int8"]
-        print(f"pruned 50% + int8 vs ORT float: b1 x{base[1] / both[1]:.2f}, b64 "
-              f"x{base[64] / both[64]:.2f} (goal: x3 at batch 64)")
+        print(f"pruned 50% + int8 vs ORT float: b1 x{both['x1']:.2f}, b64 "
+              f"x{both['x64']:.2f} (goal: x3 at batch 64)")

@@ -8,7 +8,7 @@ import pytest
 
 from netshrink.bench.engine import DistEnv
 from netshrink.bench.tables import PROFILE_SETTINGS, TABLES, Row, Schedule, Table
-from netshrink.bench.tables.deploy import DEPLOY, FORMS, ONNX_FILE, deploy_markdown
+from netshrink.bench.tables.deploy import DEPLOY, FORMS, ONNX_FILE, _float_file, deploy_markdown
 from netshrink.bench.tables.micronet import MICRONET
 from netshrink.bench.tables.prune import PRUNE
 from netshrink.bench.tables.report import markdown
@@ -136,3 +136,33 @@ def test_deploy_rows_are_exported_measured_and_reported(tmp_path: Path):
 
 def test_deploy_markdown_without_measurements_says_how_to_get_them():
     assert "bench reproduce --table deploy" in deploy_markdown({}, DEPLOY)
+
+
+def _measured(b1: float, b64: float, paired: dict | None = None) -> dict:
+    ort = {"runtime": "onnxruntime", "version": "1.32.0", "accuracy": 0.5, "agreement": 1.0,
+           "latency_ms": {"batch1": b1, "batch64": b64}, "integer_layers": {}}
+    if paired is not None:
+        ort["paired"] = {"speedup": paired}
+    return {"metrics": {"deploy": {"file_bytes": 1000, "runtimes": {"onnxruntime": ort}}},
+            "dataset": {"name": "cifar10", "test_images": 1017}, "profile": "quick",
+            "date": "2026-12-02T00:00:00"}
+
+
+def test_a_row_paired_with_its_float_file_reports_the_paired_speedup(tmp_path: Path):
+    """A row timed in rounds alternating with its float model's file reports the median of
+    the per-round ratios, not the ratio of two medians taken minutes apart."""
+    results = {"nin-float": _measured(0.40, 40.0),
+               "nin-int8": _measured(0.25, 20.0, {"batch1": 1.93, "batch64": 2.21}),
+               "nin-pruned50": _measured(0.20, 10.0)}  # not paired: the ratio of medians
+    lines = {ln.split(" | ")[1]: ln for ln in deploy_markdown(results, DEPLOY).splitlines()
+             if ln.startswith("| nin")}
+    assert "| 0.25 | x1.93 | 20.00 | x2.21 |" in lines["int8 QAT"]
+    assert "| 0.20 | x2.00 | 10.00 | x4.00 |" in lines["pruned 50% channels"]
+    assert "| x1.00 |" in lines["float"]
+    runs = tmp_path / "deploy"
+    assert _float_file(runs / "nin-int8") is None  # the float row's file is not written yet
+    (runs / "nin-float").mkdir(parents=True)
+    (runs / "nin-float" / ONNX_FILE).write_bytes(b"onnx")
+    assert _float_file(runs / "nin-int8") == runs / "nin-float" / ONNX_FILE
+    assert _float_file(runs / "nin-float") is None  # a float row is its own reference
+    assert _float_file(runs / "not-a-deploy-row") is None

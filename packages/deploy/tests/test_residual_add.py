@@ -103,3 +103,34 @@ def test_exported_add_matches_quant_add_within_one_step(tmp_path, relu):
     assert np.abs(got - ref).max() <= step * 1.001
     assert np.mean(np.abs(got - ref) <= 1e-6) > 0.99  # almost every code is the same
     assert check_onnx(path, model, x).optimized_ops.get("QLinearAdd") == 1
+
+
+def _codes_equal_count(tmp_path, model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(codes that differ, codes) between ONNX Runtime's integer kernels and PyTorch at the
+    model's output, which is a ``QuantAdd``'s (a DequantizeLinear of its uint8 codes)."""
+    path = export_onnx(model, x[:1], tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = [m for m in model.modules() if isinstance(m, QuantAdd)][-1].out_quant
+    step = float(out.params()[0])
+    differ = np.abs(got - ref) > step / 2
+    return int(differ.sum()), differ.size
+
+
+def test_int8_convs_and_adds_compute_the_codes_of_the_integer_kernels(tmp_path):
+    """Every output code of two int8 residual blocks (QLinearConv -> QLinearAdd, twice) is
+    what PyTorch computes: each conv adds its bias as int32 codes at scale s_in * s_w, as
+    QLinearConv does (with a float bias ~0.15 % of these codes were one step off)."""
+    config = quant.QuantConfig(w=8, a=8, scheme="int8_affine", first="same", last="same")
+    model = _warm(quant.quantize_(_residual_net(), config), size=8)
+    conv2 = model.block2.conv  # its input quantizer dropped: it reads block's QuantAdd
+    assert conv2.input_quant is None
+    assert conv2.input_grid() is model.block.get_submodule("quant_add").out_quant
+    ops = check_onnx(export_onnx(model, _images(1, size=8), tmp_path / "m.onnx"), model,
+                     _images(4, size=8)).optimized_ops
+    assert ops.get("QLinearConv") == 3 and ops.get("QLinearAdd") == 2, ops
+    differ, total = _codes_equal_count(tmp_path, model, _images(256, seed=11, size=8))
+    # float bias: 183-237 codes differ (seeds 11-13); int32 bias: 0-16 (float summation order)
+    assert total == 256 * 8 * 8 * 8 and differ <= total * 5e-4, (differ, total)

@@ -17,6 +17,7 @@ from netshrink.deploy import (
     export_onnx,
     list_runtimes,
     measure_latency,
+    measure_paired,
     open_session,
     register_runtime,
     require_runtime,
@@ -145,6 +146,52 @@ def test_measure_latency_warms_up_then_takes_the_median_of_repeats():
     assert session.shapes == [(1, 3, 8, 8)] * 7 + [(4, 3, 8, 8)] * 7
     with pytest.raises(ValueError, match="repeats"):
         measure_latency(session, (3, 8, 8), repeats=0)
+
+
+class _Clocked(_Counting):
+    """A session whose run takes ``cost`` x the machine's current slowness on a fake clock."""
+
+    def __init__(self, clock: list[float], cost: float, slowness) -> None:
+        super().__init__()
+        self.clock, self.cost, self.slowness = clock, cost, slowness
+
+    def run(self, x):
+        self.clock[0] += self.cost * self.slowness()
+        return super().run(x)
+
+
+def test_measure_paired_gives_the_true_ratio_on_a_machine_whose_speed_drifts(monkeypatch):
+    """The machine slows down 3x over the measurement (a neighbour starts a job): alternating
+    rounds still see the true 2x ratio, where two medians taken one after the other (what
+    ``measure_latency`` per session gives) are off by far more than a few percent."""
+    import netshrink.deploy.runtimes as runtimes
+
+    clock = [0.0]
+    runs = [0]
+
+    def slowness() -> float:
+        runs[0] += 1
+        return 1.0 + 2.0 * min(runs[0] / 200, 1.0)
+
+    monkeypatch.setattr(runtimes.time, "perf_counter", lambda: clock[0])
+    slow, fast = _Clocked(clock, 2.0, slowness), _Clocked(clock, 1.0, slowness)
+    out = measure_paired({"float": slow, "int8": fast}, (3, 8, 8), (1, 4),
+                         rounds={1: (10, 5), 4: (3, 2)}, warmup=1)
+    assert out.speedup["float"] == {"batch1": 1.0, "batch4": 1.0}
+    assert out.speedup["int8"]["batch1"] == pytest.approx(2.0, rel=0.06)
+    assert out.speedup["int8"]["batch4"] == pytest.approx(2.0, rel=0.06)
+    assert out.rounds == {"batch1": 10, "batch4": 3} and out.per_round["batch1"] == 5
+    # every session: its warm-up, then rounds x runs per round, per batch size
+    assert fast.shapes == [(1, 3, 8, 8)] * 51 + [(4, 3, 8, 8)] * 7
+    assert set(out.as_dict()) == {"ms", "speedup", "spread", "rounds", "per_round"}
+    runs[0] = 0
+    one_after_other = measure_latency(slow, (3, 8, 8), (1,), warmup=1, repeats=50)["batch1"] \
+        / measure_latency(fast, (3, 8, 8), (1,), warmup=1, repeats=50)["batch1"]
+    assert abs(one_after_other / 2.0 - 1) > 0.2
+    with pytest.raises(ValueError, match="at least one session"):
+        measure_paired({}, (3, 8, 8))
+    with pytest.raises(ValueError, match="rounds for batch 1"):
+        measure_paired({"a": fast}, (3, 8, 8), (1,), rounds={1: (0, 5)})
 
 
 def test_run_batched_concatenates_every_batch():

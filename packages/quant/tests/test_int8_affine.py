@@ -170,7 +170,8 @@ def test_conv_bn_training_and_eval_math():
     expected = ref_bn(F.conv2d(xq, wq) / s.view(-1, 1, 1) + conv.bias.view(-1, 1, 1))
     assert torch.allclose(y, expected, atol=1e-5)
     assert torch.equal(bn.running_mean, ref_bn.running_mean)  # statistics updated
-    # eval: a plain conv with the folded weight and bias, close to float conv + BN
+    # eval: a plain conv with the folded weight and the folded bias on the int32 grid of
+    # integer kernels (step s_in * s_w per channel), close to float conv + BN
     layer.eval()
     reference = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6)).eval()
     reference.load_state_dict(nn.Sequential(conv, bn).state_dict())
@@ -178,7 +179,10 @@ def test_conv_bn_training_and_eval_math():
     w_fold = conv.weight * s.view(-1, 1, 1, 1)
     folded_bias = (conv.bias - bn.running_mean) * s + bn.bias
     wq = layer.weight_quant(w_fold.view(6, -1)).view_as(w_fold)
-    assert torch.equal(layer(x), F.conv2d(layer.input_quant(x), wq, folded_bias))
+    step = layer.input_quant.params()[0] * (w_fold.detach().view(6, -1).abs().amax(1) / 127)
+    int_bias = torch.round(folded_bias / step) * step
+    assert not torch.equal(int_bias, folded_bias)
+    assert torch.equal(layer(x), F.conv2d(layer.input_quant(x), wq, int_bias))
     err = (layer(x) - reference(x)).abs().max() / reference(x).abs().max()
     assert err < 0.02
 

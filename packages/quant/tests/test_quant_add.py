@@ -156,6 +156,36 @@ def test_quant_adds_survive_packed_files(tmp_path):
         torch.testing.assert_close(packed(x), ref, rtol=0, atol=1e-5)
 
 
+def test_layers_reading_an_add_are_linked_to_its_grid_in_copies_and_packed_files(tmp_path):
+    """A conv whose input quantizer was dropped (it reads a QuantAdd) rounds its int8 bias at
+    the add's output scale: the link follows deep copies and is made again by load_packed."""
+    import copy
+
+    model = _warm(quantize_(_resnet(), INT8))
+    readers = {"block2.conv1": "block1.quant_add", "block2.downsample.conv": "block1.quant_add",
+               "block3.conv1": "block2.quant_add"}
+    for layer, add in readers.items():
+        assert model.get_submodule(layer).input_grid() is model.get_submodule(add).out_quant
+    assert model.block1.conv1.input_grid() is model.block1.conv1.input_quant
+    twin = copy.deepcopy(model)
+    for layer, add in readers.items():
+        assert twin.get_submodule(layer).input_grid() is twin.get_submodule(add).out_quant
+    assert "_input_grid_link" not in str(list(model.state_dict()))
+    layer = model.block3.conv1
+    step = layer.input_grid().params()[0] * layer.weight_quant._params(
+        layer._out_major(layer.folded_weight().detach()))[0]
+    bias = layer._epilogue()[1]
+    assert torch.equal(bias, torch.round(layer.folded_bias() / step) * step)
+    assert not torch.equal(bias, layer.folded_bias())
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        save_packed(model, tmp_path / "m.nspk")
+        packed = load_packed(tmp_path / "m.nspk")
+        assert packed.get_submodule("block3.conv1").input_grid() is \
+            packed.get_submodule("block2.quant_add").out_quant
+        assert torch.equal(packed(x), model(x))
+
+
 def test_quant_adds_survive_checkpoints(tmp_path):
     models = pytest.importorskip("netshrink.models")
     torch.manual_seed(0)

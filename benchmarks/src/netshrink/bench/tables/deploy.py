@@ -10,7 +10,9 @@ kernels) beside its checkpoint (``RUN/deploy/ROW/model.onnx``) and measured by
 ``measure_deployment``: accuracy and top-1 agreement with PyTorch on the test images, file size,
 median latency at batch 1 and 64 in each installed runtime. ``deploy_markdown`` renders the
 README table, with the speed-up of each row over the float model of the same architecture in
-the same runtime, measured in the same ``bench reproduce``.
+the same runtime, measured in the same ``bench reproduce``: a row whose float model's file is
+already written is timed in rounds alternating with it (``netshrink.deploy.measure_paired``),
+so its speed-up is the median of ratios taken milliseconds apart, steady on a shared machine.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from netshrink.bench.tables.spec import Row, Schedule, Table, register_table
 
 #: Timed runs per batch size (after 3 warm-ups); the median is reported.
 REPEATS = 10
+#: A row paired with its float model's file: batch size -> (rounds, timed runs of each file
+#: per round), after 2 warm-ups (``netshrink.deploy.measure_paired``).
+PAIRED_ROUNDS: dict[int, tuple[int, int]] = {1: (15, 5), 64: (4, 2)}
 #: The file each measured row's ONNX export is written to, in the row's run folder.
 ONNX_FILE = "model.onnx"
 
@@ -92,8 +97,11 @@ def measure_deployment(model: nn.Module, test: ImageData, run_dir: Path,
     """Export ``model`` to ``run_dir / ONNX_FILE`` and measure the file in every installed
     runtime: top-1 agreement with PyTorch, accuracy on ``test``, the layers it runs in integer
     arithmetic, and the median latency (ms) at batch 1 and 64 (the runtime's default
-    threads); then ``bitpacked``: the binary layers on the packed kernels against float PyTorch
-    (``tables/bitpacked.py``; ``applies`` False for rows without any). Raises
+    threads; a row with a float row in ``FORMS`` whose file exists is timed in rounds
+    alternating with that file: ``paired`` holds the speed-up, the median of the per-round
+    ratios, and its spread); then ``bitpacked``: the binary layers on the packed kernels
+    against float PyTorch (``tables/bitpacked.py``; ``applies`` False for rows without any).
+    Raises
     ``netshrink.deploy.ExportError`` for a model that cannot be exported."""
     from netshrink import deploy  # onnx and onnxruntime: loaded only when a table needs them
 
@@ -104,18 +112,42 @@ def measure_deployment(model: nn.Module, test: ImageData, run_dir: Path,
     out: dict[str, Any] = {"file": path.name, "file_bytes": path.stat().st_size,
                            "export_seconds": time.perf_counter() - started, "runtimes": {}}
     ref = deploy.torch_logits(model, x)
+    float_file = _float_file(run_dir)
     for name in deploy.list_runtimes():
         if not deploy.runtime_available(name):
             continue
         session = deploy.open_session(name, path)
         check = deploy.compare_logits(deploy.run_batched(session, x.numpy()), ref, y.numpy())
-        out["runtimes"][name] = {
-            **session.describe(), **check.as_dict(),
-            "latency_ms": deploy.measure_latency(session, tuple(x.shape[1:]), repeats=repeats)}
+        entry = {**session.describe(), **check.as_dict()}
+        if float_file is None:
+            entry["latency_ms"] = deploy.measure_latency(session, tuple(x.shape[1:]),
+                                                         repeats=repeats)
+        else:  # timed in rounds alternating with the float model's file: a steady ratio
+            paired = deploy.measure_paired(
+                {"float": deploy.open_session(name, float_file), "row": session},
+                tuple(x.shape[1:]), rounds=PAIRED_ROUNDS, warmup=2)
+            entry["latency_ms"] = paired.ms["row"]
+            entry["paired"] = {"float_row": float_file.parent.name,
+                               "float_latency_ms": paired.ms["float"],
+                               "speedup": paired.speedup["row"],
+                               "speedup_spread": paired.spread["row"],
+                               "rounds": paired.rounds, "per_round": paired.per_round}
+        out["runtimes"][name] = entry
     out["seconds"] = time.perf_counter() - started
     # binary layers on the bit-packed kernels, against float PyTorch (tables/bitpacked.py)
     out["bitpacked"] = bitpacked.measure_bitpacked(model, x)
     return out
+
+
+def _float_file(run_dir: Path) -> Path | None:
+    """The ONNX file of the float row this row is compared with (``FORMS``), exported when
+    that row was measured (it comes first: it is this row's upstream); None for a float row
+    itself, a row outside ``FORMS``, or a float file not written yet."""
+    form = FORMS.get(run_dir.name)
+    if form is None or form[2] == run_dir.name:
+        return None
+    path = run_dir.parent / form[2] / ONNX_FILE
+    return path if path.is_file() else None
 
 
 def deploy_markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
@@ -141,10 +173,14 @@ def deploy_markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
         ov = d["runtimes"].get("openvino", {})
         cells = [arch, form, _pct(ort.get("accuracy")), _pct(ort.get("agreement")),
                  f"{d['file_bytes'] / 1e6:.3f}"]
+        paired = ort.get("paired", {}).get("speedup", {})
         for batch in ("batch1", "batch64"):
             ms = ort.get("latency_ms", {}).get(batch)
             ref = base.get("latency_ms", {}).get(batch)
-            cells += [_ms(ms), "-" if ms is None or ref is None else f"x{ref / ms:.2f}"]
+            if batch in paired:  # measured in rounds alternating with the float file
+                cells += [_ms(ms), f"x{paired[batch]:.2f}"]
+            else:
+                cells += [_ms(ms), "-" if ms is None or ref is None else f"x{ref / ms:.2f}"]
         cells += [_ms(ov.get("latency_ms", {}).get(b)) for b in ("batch1", "batch64")]
         kernels = ort.get("integer_layers", {})
         cells.append(", ".join(f"{op} {n}" for op, n in kernels.items()) or "-")
@@ -156,13 +192,28 @@ def deploy_markdown(results: dict[str, dict[str, Any]], table: Table) -> str:
     versions = ", ".join(f"{n} {e['version'].split('-')[0]}" for n, e in next(
         iter(measured.values()))["runtimes"].items())
     note = (f"Profile `{first['profile']}`" + (f" (model width x{width:g})" if width else "")
-            + f", {ds['name']} {ds['test_images']} test images, {versions}, median of "
-            f"{REPEATS} runs at the runtime's default threads, produced "
+            + f", {ds['name']} {ds['test_images']} test images, {versions}, the runtime's "
+            f"default threads; float rows: median of {REPEATS} runs; "
+            + _paired_note(measured) + "produced "
             f"{min(r['date'][:10] for r in results.values())} by `bench reproduce --table "
             f"{table.name} --profile {first['profile']}`. x float: speed-up over the float "
             "model of the same architecture in ONNX Runtime, measured in the same run. "
             "Agreement: top-1 agreement with the PyTorch model. " + bitpacked.NOTE)
     return f"**{table.title}**\n\n" + "\n".join(lines) + f"\n\n{note}\n"
+
+
+def _paired_note(measured: dict[str, dict[str, Any]]) -> str:
+    """How the rows paired with their float file were timed (from the first such result)."""
+    paired = next((r["paired"] for d in measured.values()
+                   for r in d.get("runtimes", {}).values() if "paired" in r), None)
+    if paired is None or "rounds" not in paired:
+        return ""
+    plan = ", ".join(f"batch {b.removeprefix('batch')}: {n} rounds of "
+                     f"{paired.get('per_round', {}).get(b, '?')} runs"
+                     for b, n in paired["rounds"].items())
+    return ("other rows: timed in rounds alternating with their float model's file "
+            f"({plan}), latency the median of the round medians, x float the median of the "
+            "per-round ratios; ")
 
 
 def _pct(v: float | None) -> str:

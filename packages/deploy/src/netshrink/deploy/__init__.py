@@ -13,13 +13,16 @@ from netshrink.deploy.check import INTEGER_OPS, OnnxCheck, check_onnx
 from netshrink.deploy.export import DEFAULT_OPSET, ExportError, deploy_copy, export_onnx
 from netshrink.deploy.qdq import QDQAdd, QDQInput, QDQLayer
 from netshrink.deploy.runtimes import (
+    PAIRED_ROUNDS,
     RUNTIMES,
     Agreement,
+    PairedLatency,
     RuntimeNotInstalledError,
     RuntimeSession,
     compare_logits,
     list_runtimes,
     measure_latency,
+    measure_paired,
     open_session,
     register_runtime,
     require_runtime,
@@ -28,9 +31,9 @@ from netshrink.deploy.runtimes import (
     torch_logits,
 )
 
-__all__ = ["DEFAULT_OPSET", "INTEGER_OPS", "RUNTIMES", "Agreement", "ExportError", "OnnxCheck",
-           "QDQAdd", "QDQInput", "QDQLayer", "RuntimeNotInstalledError", "RuntimeSession",
-           "check_onnx",
-           "compare_logits", "deploy_copy", "export_onnx", "list_runtimes", "measure_latency",
+__all__ = ["DEFAULT_OPSET", "INTEGER_OPS", "PAIRED_ROUNDS", "RUNTIMES", "Agreement",
+           "ExportError", "OnnxCheck", "PairedLatency", "QDQAdd", "QDQInput", "QDQLayer",
+           "RuntimeNotInstalledError", "RuntimeSession", "check_onnx", "compare_logits",
+           "deploy_copy", "export_onnx", "list_runtimes", "measure_latency", "measure_paired",
            "open_session", "register_runtime", "require_runtime", "run_batched",
            "runtime_available", "torch_logits"]

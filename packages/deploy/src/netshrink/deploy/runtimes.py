@@ -331,7 +331,88 @@ def measure_latency(session: RuntimeSession, input_shape: Sequence[int],
     return out
 
 
-__all__ = ["RUNTIMES", "Agreement", "OnnxRuntimeSession", "OpenVinoSession",
-           "RuntimeNotInstalledError", "RuntimeSession", "compare_logits", "list_runtimes",
-           "measure_latency", "open_session", "register_runtime", "require_runtime",
-           "run_batched", "runtime_available", "torch_logits"]
+@dataclass(frozen=True)
+class PairedLatency:
+    """Latencies of several sessions measured in interleaved rounds (``measure_paired``).
+
+    ``ms[name][batch]``: the median over rounds of each round's median time (milliseconds);
+    ``speedup[name][batch]``: the median over rounds of ``reference / this`` within the round
+    (the reference is the first session, whose speed-up is 1); ``spread[name][batch]``: the
+    interquartile range of those per-round ratios divided by their median (how much the
+    machine moved them); ``rounds`` and ``per_round``: the protocol."""
+
+    ms: dict[str, dict[str, float]]
+    speedup: dict[str, dict[str, float]]
+    spread: dict[str, dict[str, float]]
+    rounds: dict[str, int]
+    per_round: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ms": self.ms, "speedup": self.speedup, "spread": self.spread,
+                "rounds": self.rounds, "per_round": self.per_round}
+
+
+#: Default rounds and timed runs per session per round, by batch size (other sizes: 64's).
+PAIRED_ROUNDS: dict[int, tuple[int, int]] = {1: (15, 5), 64: (5, 2)}
+
+
+def measure_paired(sessions: dict[str, RuntimeSession], input_shape: Sequence[int],
+                   batch_sizes: Sequence[int] = (1, 64), *,
+                   rounds: dict[int, tuple[int, int]] | None = None, warmup: int = 3,
+                   seed: int = 0) -> PairedLatency:
+    """Time ``sessions`` (the first is the reference) against each other in interleaved
+    rounds, per batch size: each round runs every session ``per_round`` times in a row (the
+    order reversed every other round, so a drift of the machine's speed favours none) and
+    keeps each session's median; the speed-up is the median over rounds of the ratio within a
+    round. Why: on a shared machine the speed of the same file moves by +-20 % over seconds,
+    so two medians taken one after the other give a ratio that moves as much; ratios within a
+    round of a few milliseconds see the same machine. ``rounds``: batch size -> (rounds,
+    runs per round), default ``PAIRED_ROUNDS``; ``warmup`` untimed runs per session first."""
+    if not sessions:
+        raise ValueError("measure_paired needs at least one session")
+    check_int("warmup", warmup, min_value=0)
+    plan = dict(PAIRED_ROUNDS if rounds is None else rounds)
+    rng = np.random.default_rng(seed)
+    names = list(sessions)
+    ms: dict[str, dict[str, float]] = {n: {} for n in names}
+    speedup: dict[str, dict[str, float]] = {n: {} for n in names}
+    spread: dict[str, dict[str, float]] = {n: {} for n in names}
+    used_rounds: dict[str, int] = {}
+    used_per_round: dict[str, int] = {}
+    for batch in batch_sizes:
+        check_int("batch size", batch, min_value=1)
+        n_rounds, per_round = plan.get(batch, plan.get(64, PAIRED_ROUNDS[64]))
+        check_int(f"rounds for batch {batch}", n_rounds, min_value=1)
+        check_int(f"runs per round for batch {batch}", per_round, min_value=1)
+        key = f"batch{batch}"
+        x = rng.standard_normal((batch, *input_shape), dtype=np.float32)
+        for name in names:
+            for _ in range(warmup):
+                sessions[name].run(x)
+        medians: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(n_rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                session, times = sessions[name], []
+                for _ in range(per_round):
+                    start = time.perf_counter()
+                    session.run(x)
+                    times.append(time.perf_counter() - start)
+                medians[name].append(statistics.median(times) * 1e3)
+        ref = medians[names[0]]
+        for name in names:
+            ratios = [a / b for a, b in zip(ref, medians[name], strict=True)]
+            mid = statistics.median(ratios)
+            q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [mid, mid, mid]
+            ms[name][key] = statistics.median(medians[name])
+            speedup[name][key] = mid
+            spread[name][key] = (q[2] - q[0]) / mid
+        used_rounds[key], used_per_round[key] = n_rounds, per_round
+    return PairedLatency(ms=ms, speedup=speedup, spread=spread, rounds=used_rounds,
+                         per_round=used_per_round)
+
+
+__all__ = ["PAIRED_ROUNDS", "RUNTIMES", "Agreement", "OnnxRuntimeSession", "OpenVinoSession",
+           "PairedLatency", "RuntimeNotInstalledError", "RuntimeSession", "compare_logits",
+           "list_runtimes", "measure_latency", "measure_paired", "open_session",
+           "register_runtime", "require_runtime", "run_batched", "runtime_available",
+           "torch_logits"]

@@ -7,7 +7,9 @@ The weight that gets quantized is the BN-folded weight ``w * gamma / sqrt(runnin
   by ``s`` undoes the folding so BatchNorm still normalises with the batch statistics (and
   updates its running statistics) as in float training;
 * eval: ``y = conv(x_q, q(w_fold)) + (b - running_mean) * s + beta``, a plain quantized conv
-  with a bias: what ``save_packed`` stores (as a ``QuantConv2d``);
+  with a bias: what ``save_packed`` stores (as a ``QuantConv2d``); with affine int8 weights
+  and input the bias is rounded to int32 codes at scale ``s_in * s_w``, as integer kernels add
+  it (``integer_bias``);
 * training after ``freeze_bn_stats()`` (late in QAT): the eval formula, bit for bit, so the
   BatchNorm's running statistics are used and no longer updated; here ``s`` is not a constant,
   so gamma and beta keep training (gamma through the folded weight, straight through its
@@ -92,7 +94,9 @@ class QuantConvBn2d(QuantConv2d):
         w = self._from_out_major(self.weight_quant(self._out_major(
             self.weight * s.view(-1, 1, 1, 1))))
         bias = self.bias if self.bias is not None else torch.zeros_like(bn.running_mean)
-        return self._conv_forward(x, w, (bias - bn.running_mean) * s + bn.bias)
+        bias = self._integer_bias((bias - bn.running_mean) * s + bn.bias,
+                                  lambda: self.weight * s.view(-1, 1, 1, 1))
+        return self._conv_forward(x, w, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.quantized_input(x)
@@ -100,7 +104,8 @@ class QuantConvBn2d(QuantConv2d):
             return self._frozen_forward(x)
         w = self.quantized_weight()
         if not self.training or self._bn_frozen:
-            return self._conv_forward(x, w, self.folded_bias())
+            return self._conv_forward(x, w, self._integer_bias(self.folded_bias(),
+                                                               self.folded_weight))
         y = self._conv_forward(x, w, None) / self._bn_scale().view(-1, 1, 1)
         if self.bias is not None:
             y = y + self.bias.view(-1, 1, 1)
@@ -119,8 +124,10 @@ class QuantConvBn2d(QuantConv2d):
         return self.folded_weight().detach()
 
     def _epilogue(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The eval formula: no output scale, the folded bias."""
-        return None, self.folded_bias().detach().clone()
+        """The eval formula: no output scale, the folded bias (on the int32 grid for int8
+        affine weights and inputs, as the forward adds it)."""
+        return None, self._integer_bias(self.folded_bias().detach(),
+                                        self.folded_weight).clone()
 
     def freeze_weight(self) -> None:
         raise NotImplementedError("save_packed / load_packed give the frozen (deployed) form of "

@@ -25,6 +25,7 @@ fake-quantizes its input with ``input_quant`` and its latent float weight with
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,7 +33,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from netshrink.core import INPUT_SIGN_ATTR, PACKED_BITS_ATTR, IntegerForm
-from netshrink.quant.quantizers import ActQuantizer, BinaryAct, WeightQuantizer
+from netshrink.quant.quantizers import (
+    ActQuantizer,
+    AffineAct,
+    AffineWeight,
+    BinaryAct,
+    WeightQuantizer,
+    integer_bias,
+)
 
 
 class FrozenWeight(nn.Module):
@@ -167,6 +175,42 @@ class _QuantLayer:
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_quant is None else self.input_quant(x)
 
+    # the bias as integer kernels add it ----------------------------------------------------
+    def link_input_grid(self, quantizer: ActQuantizer | None) -> None:
+        """Record the quantizer whose grid this layer's input already lies on, for a layer
+        without an input quantizer of its own (``netshrink.quant.quant_add`` drops it where the
+        input is a ``QuantAdd``'s output). Kept outside the submodules (no state-dict entry;
+        a deep copy of the model links the copies)."""
+        self._input_grid_link = None if quantizer is None else (quantizer,)
+
+    def input_grid(self) -> ActQuantizer | None:
+        """The quantizer whose grid the conv's input lies on: its own input quantizer, else
+        the linked one (``link_input_grid``), else None."""
+        if self.input_quant is not None:
+            return self.input_quant
+        link = self.__dict__.get("_input_grid_link")
+        return None if link is None else link[0]
+
+    def _integer_bias(self, bias: torch.Tensor | None,
+                      latent: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+        """``bias`` as an integer kernel adds it (``integer_bias``: int32 codes at scale
+        ``s_in * s_w``) for a conv with affine integer weights whose input lies on an affine
+        grid with a range (int8 QAT, PTQ); any other layer's bias unchanged. ``latent``: the
+        float weight the weight quantizer sees (its per-channel scale is ``s_w``)."""
+        if bias is None or self.out_scale is not None or not isinstance(self, nn.Conv2d):
+            return bias
+        grid = self.input_grid()
+        if not isinstance(grid, AffineAct) or not grid.observer.has_range:
+            return bias
+        wq = self.weight_quant
+        if isinstance(wq, FrozenWeight) and isinstance(wq.quantizer, AffineWeight):
+            scale = wq.scale
+        elif isinstance(wq, AffineWeight):
+            scale, _ = wq._params(self._out_major(latent().detach()))
+        else:
+            return bias
+        return integer_bias(bias, grid.params()[0], scale)
+
     def _finish(self, y: torch.Tensor, channel_view: tuple[int, ...]) -> torch.Tensor:
         """Apply the folded per-channel output scale and the bias (only after a fold)."""
         return torch.addcmul(self.bias.view(channel_view), y, self.out_scale.view(channel_view))
@@ -255,9 +299,11 @@ class _QuantLayer:
         return self.weight.detach()
 
     def _epilogue(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``(out_scale, bias)`` applied after the conv / product (eval mode)."""
+        """``(out_scale, bias)`` applied after the conv / product (eval mode; the bias as
+        the forward adds it: on the int32 grid for int8 affine convs)."""
+        bias = None if self.bias is None else self.bias.detach()
         return (None if self.out_scale is None else self.out_scale.detach().clone(),
-                None if self.bias is None else self.bias.detach().clone())
+                None if bias is None else self._integer_bias(bias, self._latent_weight).clone())
 
     def _channel_axis(self) -> int | None:
         """The weight axis of the output channels (None: they do not lie along one axis)."""
@@ -341,7 +387,7 @@ class QuantConv2d(_QuantLayer, nn.Conv2d):
         x = self.quantized_input(x)
         w = self.quantized_weight()
         if self.out_scale is None:
-            return self._conv_forward(x, w, self.bias)
+            return self._conv_forward(x, w, self._integer_bias(self.bias, self._latent_weight))
         return self._finish(self._conv_forward(x, w, None), (-1, 1, 1))
 
 

@@ -40,6 +40,7 @@ from netshrink.core import CodebookForm, HasCodebookForm, save_safetensors_atomi
 from netshrink.quant import codebook_pack
 from netshrink.quant.bitpack import CODE_BITS, pack_codes, packed_nbytes, unpack_codes
 from netshrink.quant.layers import QUANT_LAYERS, FrozenWeight
+from netshrink.quant.quant_add import link_input_grids
 from netshrink.quant.structure import (
     StructureError,
     _constructor_args,
@@ -593,7 +594,9 @@ def _rebuild(doc: dict[str, Any], blobs: dict[str, torch.Tensor]) -> fx.GraphMod
             if t.is_meta]
     if meta:
         raise StructureError(f"tensors {meta[:5]} are not stored in the file")
-    return fx.GraphModule(root, graph).eval()
+    model = fx.GraphModule(root, graph).eval()
+    link_input_grids(model)  # int8 biases of layers reading a QuantAdd (quant_add.py)
+    return model
 
 
 def quantizer_shape(layer: nn.Module) -> tuple[int, int]:

@@ -21,7 +21,9 @@ Then, on the whole model's fx graph, quantizers that would quantize an already q
 twice are dropped: an operand that is another ``QuantAdd``'s output (the identity shortcut of
 the next block) and the input quantizer of a quantized layer that reads a ``QuantAdd``'s
 output directly (the next block's first conv and shortcut conv). Their input is then exactly
-the add's uint8 grid, so in the exported graph the conv starts from the add's DQ.
+the add's uint8 grid, so in the exported graph the conv starts from the add's DQ; each such
+layer is linked to the add's output quantizer (``link_input_grids``), whose scale its int8 bias
+is rounded with (``s_in * s_w``, as integer kernels add it).
 
 Submodules are rewritten as ``torch.fx.GraphModule`` s of their own code (children kept as
 they are, state-dict keys unchanged but the removed ReLU); the model object itself stays the
@@ -261,3 +263,37 @@ def _drop_double_quantizers(model: nn.Module) -> None:
         elif isinstance(m, QUANT_LAYERS) and isinstance(m.input_quant, AffineAct) and \
                 from_add(node.args[0]) and not node.kwargs:
             m.input_quant = None
+    link_input_grids(model, graph)
+
+
+def link_input_grids(model: nn.Module, graph: fx.Graph | None = None) -> int:
+    """Link every quantized layer without an input quantizer that reads a ``QuantAdd``'s
+    output (called once, positionally) to that add's output quantizer
+    (``link_input_grid``): its int8 bias is then rounded at ``s_in * s_w`` as integer kernels
+    add it (``netshrink.quant.quantizers.integer_bias``). ``quantize_adds_`` does it; a model
+    rebuilt from a packed file needs it again (``load_packed``). ``graph``: the model traced by
+    ``_QuantLeafTracer`` (traced here when None; an untraceable model links nothing).
+    Returns how many layers were linked."""
+    if graph is None:
+        try:
+            graph = _QuantLeafTracer().trace(model)
+        except Exception:  # noqa: BLE001 - untraceable: its layers keep float biases
+            return 0
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    linked = 0
+    for node in graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1 or not node.args or node.kwargs:
+            continue
+        m, src = modules.get(node.target), node.args[0]
+        if not isinstance(m, QUANT_LAYERS) or m.input_quant is not None or \
+                not isinstance(src, fx.Node) or src.op != "call_module":
+            continue
+        add = modules.get(src.target)
+        if isinstance(add, QuantAdd):
+            m.link_input_grid(add.out_quant)
+            linked += 1
+    return linked

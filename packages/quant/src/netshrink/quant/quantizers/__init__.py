@@ -12,7 +12,12 @@ from netshrink.quant.quantizers.base import ActQuantizer, WeightQuantizer
 from netshrink.quant.quantizers.binary import BinaryAct, BinaryWeight, binary_sign
 from netshrink.quant.quantizers.dorefa import DoReFaAct, DoReFaWeight
 from netshrink.quant.quantizers.half import HalfAct, HalfWeight, to_fp16
-from netshrink.quant.quantizers.int8_affine import AffineAct, AffineWeight, affine_params
+from netshrink.quant.quantizers.int8_affine import (
+    AffineAct,
+    AffineWeight,
+    affine_params,
+    integer_bias,
+)
 from netshrink.quant.quantizers.lsq import LSQAct
 from netshrink.quant.quantizers.pact import PACTAct
 from netshrink.quant.quantizers.registry import (
@@ -142,7 +147,7 @@ __all__ = [
     "DoReFaAct", "DoReFaWeight", "HalfAct", "HalfWeight", "LSQAct", "PACTAct", "TernaryAct",
     "TernaryWeight",
     "WeightQuantizer", "act_quantizer", "act_quantizer_from_spec", "binary_sign",
-    "list_act_quantizers", "list_kbit_act_quantizers", "list_schemes",
+    "integer_bias", "list_act_quantizers", "list_kbit_act_quantizers", "list_schemes",
     "list_weight_quantizers", "register_kbit_act_quantizer", "register_scheme", "to_fp16",
     "weight_quantizer",
     "weight_quantizer_from_spec",

@@ -350,13 +350,19 @@ def test_ghost_module_concat_and_slice_prunes_its_primary_conv_exactly() -> None
         assert (zeroed(x) - pruned(x)).abs().max().item() < 1e-5
 
 
-def test_ghost_module_whose_slice_cuts_a_channel_still_runs() -> None:
+def test_ghost_module_whose_slice_cuts_a_channel_is_pruned_exactly() -> None:
     torch.manual_seed(0)
     model, x = _GhostNet(15).eval(), torch.randn(2, 3, 6, 6)  # 8 + 8 channels cut to 15
-    with pytest.warns(PruningBlockedWarning, match=r"'ghost' \(_Ghost\): getitem \(8\)"):
-        pruned = prune_channels(model, x, L1)
-    assert pruned.ghost.primary.out_channels == 8  # the literal cut pins the ghost channels
-    assert pruned.se_reduce.out_channels < 4 and pruned(x).shape == model(x).shape
+    plan = plan_channels(model, x, L1)
+    pruned = apply_plan_(copy.deepcopy(model), plan)
+    keep = list(plan.modules["ghost.primary"].out_idx)
+    assert len(keep) < 8  # the literal cut is rewritten (forward_edits), not a pin
+    cut = len(keep) + len([i for i in keep if i < 7])  # the copy of channel 7 stays cut
+    assert [(e.owner, e.values) for e in plan.forward_edits] == [("ghost", (0, cut))]
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.ghost.primary.weight[sorted(set(range(8)) - set(keep))] = 0
+        assert (zeroed(x) - pruned(x)).abs().max().item() < 1e-5
 
 
 # -- LeViT's LinearNorm: a BatchNorm over flattened tokens, reshaped back with reshape_as ----

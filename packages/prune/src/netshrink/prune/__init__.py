@@ -64,12 +64,14 @@ from netshrink.prune.planning import ChannelPlan, ModulePlan
 from netshrink.prune.pruners import (
     LEAF_FUNCTIONS,
     LEAVES,
+    MIN_FAN_IN,
     PRUNERS,
     LayerPruner,
     find_pruner,
     list_pruners,
     register_leaf,
     register_leaf_function,
+    register_min_fan_in,
     register_pruner,
     registered_pruner,
     unregister_pruner,
@@ -85,6 +87,7 @@ from netshrink.prune.tracing import UntraceableModelError, trace
 __all__ = [
     "CRITERIA", "ChannelPlan", "ChannelPruneConfig", "ChannelPruneStage",
     "ChannelPruneStageConfig", "CriterionContext", "DependencyGraph", "LEAF_FUNCTIONS", "LEAVES",
+    "MIN_FAN_IN",
     "LayerPruner", "MODES", "MagnitudePruneConfig", "MagnitudePruneStage", "ModulePlan",
     "NonFiniteScoreError", "PRUNERS", "PruningBlockedError", "PruningBlockedWarning",
     "PruningGroup", "SCOPES", "SlimmingConfig", "SlimmingStage", "SparsePack",
@@ -93,7 +96,8 @@ __all__ = [
     "fpgm_scores", "ignored_classes", "l1_scores", "l2_scores", "list_criteria", "list_pruners",
     "magnitude_prune_", "mean_activation_scores", "pack_sparse", "plan_channels", "prune_channels",
     "random_scores", "register_criterion", "register_leaf", "register_leaf_function",
-    "register_pruner", "registered_pruner", "score_classes", "slice_channels_", "slimming_penalty",
+    "register_min_fan_in", "register_pruner", "registered_pruner", "score_classes",
+    "slice_channels_", "slimming_penalty",
     "taylor_scores", "trace", "unpack_sparse", "unregister_criterion", "unregister_pruner",
     "weight_sparsity", "zero_filters_",
 ]

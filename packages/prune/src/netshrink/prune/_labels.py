@@ -164,6 +164,8 @@ REDUCE_METHODS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "pr
                   "logsumexp", "argmax", "argmin", "median", "all", "any", "softmax",
                   "log_softmax", "cumsum"}
 #: ops that keep the tensor's shape (softmax, cumsum): they mix along ``dim`` only.
+#: reductions that combine the slices along a dim position by position (``ShapeOps.reduce``)
+SLICE_REDUCTIONS = {"sum", "mean", "amax", "amin"}
 SHAPE_KEEPING_REDUCTIONS = {"softmax", "log_softmax", "cumsum"}
 
 SPATIAL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,

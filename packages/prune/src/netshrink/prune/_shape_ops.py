@@ -4,7 +4,9 @@
 label tensor itself where it can. It calls ``self.pin`` where pruning could not follow the op (a
 literal size on a channel dimension, a reduction across channels, indexing part of the
 channels) and ``self.partition`` where blocks of channels must keep equal counts (chunk, a
-channel dimension split in two by a reshape, as in a channel shuffle).
+channel dimension split in two by a reshape, as in a channel shuffle). A split or slice along the
+channels with literal sizes calls ``self.resizable``: the channels flow through it and its
+sizes are rewritten after pruning (``forward_edits``).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import torch
 from torch.fx.node import Node
 
 from netshrink.prune import _labels as L
+from netshrink.prune.forward_edits import slice_dim, split_size_position
 
 
 class ShapeOps:
     """Label handlers for shape ops; the host class provides ``pin``, ``partition``,
-    ``fresh_like``, ``unknown`` and ``elementwise``."""
+    ``resizable``, ``fresh_like``, ``unknown`` and ``elementwise``."""
 
     def move(self, n: Node, lab: torch.Tensor, args: tuple, kwargs: dict,
              value: torch.Tensor) -> torch.Tensor:
@@ -89,6 +92,9 @@ class ShapeOps:
         keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
         c = L.compress(lab)
         if any(c.shape[d] > 1 for d in dims):
+            if name in L.SLICE_REDUCTIONS and len(dims) == 1 and self.across_slices(n, c, dims[0]):
+                out = self.merge_slices(n, c, dims[0])
+                return out if keepdim else out.squeeze(dims[0])
             self.pin(lab)
             return self.fresh_like(n, value)
         for d in reversed(dims):
@@ -101,9 +107,25 @@ class ShapeOps:
         """An op mixing values along ``dims`` (softmax): fine unless a channel dim mixes."""
         c = L.compress(lab)
         for d in dims:
-            if d is None or c.shape[d % x.ndim] > 1:
+            if d is not None and self.across_slices(n, c, d % x.ndim):
+                self.merge_slices(n, c, d % x.ndim)
+            elif d is None or c.shape[d % x.ndim] > 1:
                 self.pin(lab)
         return lab
+
+    def across_slices(self, n: Node, c: torch.Tensor, d: int) -> bool:
+        """Labels vary along ``d`` and along another dim (the channels): an op along ``d``
+        combines whole slices position by position (SKNet's sum and softmax over its stacked
+        paths), as an element-wise op does, not channels with each other."""
+        return c.shape[d] > 1 and any(e != d for e in L.varying_dims(c))
+
+    def merge_slices(self, n: Node, c: torch.Tensor, d: int) -> torch.Tensor:
+        """Combine the slices of ``c`` along ``d`` like element-wise operands (``d`` kept,
+        size 1)."""
+        out = c.narrow(d, 0, 1)
+        for i in range(1, c.shape[d]):
+            out = self.combine_pair(n, out, c.narrow(d, i, 1))
+        return out
 
     def spatial(self, n: Node, lab: torch.Tensor, x: torch.Tensor,
                 value: torch.Tensor) -> torch.Tensor:
@@ -138,8 +160,8 @@ class ShapeOps:
 
     def split(self, n: Node, lab: torch.Tensor, args: tuple, kwargs: dict, value: Any,
               chunk: bool) -> Any:
-        """chunk / split along a channel dim: pieces must keep equal counts; literal split
-        sizes cannot follow pruning, so they pin the channels."""
+        """chunk / split along a channel dim: chunks must keep equal counts; literal split
+        sizes are rewritten after pruning (``resizable``)."""
         x = args[0]
         dim = dim_arg(args, kwargs, 2, 0) % x.ndim
         full = lab.expand(x.shape)
@@ -156,6 +178,12 @@ class ShapeOps:
                                  and isinstance(size_arg, int)):
             self.partition(n, [torch.unique(p) for p in pieces],
                            f"{L.op_name(n.target)} at {n.name}")
+        elif not chunk and _literal_sizes(n) and _only_dim(lab, dim, x.ndim):
+            bounds, start = [], 0
+            for p in pieces:
+                bounds.append((start, start + p.shape[dim]))
+                start += p.shape[dim]
+            self.resizable(n, lab, x, dim, bounds)
         else:
             self.pin(lab)
         return out
@@ -168,10 +196,37 @@ class ShapeOps:
         full = lab.expand(x.shape)
         out = L.compress(full[idx])
         labelled = set(L.varying_dims(lab))
-        if labelled & _indexed_dims(idx, tuple(x.shape)):
-            self.pin(lab)
+        touched = _indexed_dims(idx, tuple(x.shape))
+        if labelled & touched:
+            dim = slice_dim(idx)
+            if dim is not None and labelled == touched == {dim} and _literal_slice(idx[dim]):
+                start, stop, _ = idx[dim].indices(x.shape[dim])
+                self.resizable(n, lab, x, dim, [(start, max(start, stop))])
+            else:
+                self.pin(lab)
         return self.check_batch(n, lab, out)
 
+
+
+def _literal_sizes(n: Node) -> bool:
+    """A split whose sizes are literal numbers (recorded by fx from the block's attributes)."""
+    pos, kw = split_size_position(n)
+    sizes = n.args[pos] if pos is not None else n.kwargs.get(kw) if kw else None
+    if isinstance(sizes, int) and not isinstance(sizes, bool):
+        return True
+    return isinstance(sizes, (list, tuple)) and all(
+        isinstance(s, int) and not isinstance(s, bool) for s in sizes)
+
+
+def _only_dim(lab: torch.Tensor, dim: int, ndim: int) -> bool:
+    """The labels vary along ``dim`` only."""
+    return [d % ndim for d in L.varying_dims(lab)] == [dim]
+
+
+def _literal_slice(s: slice) -> bool:
+    def plain(v: Any) -> bool:
+        return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+    return plain(s.start) and plain(s.stop) and s.step in (None, 1)
 
 
 def _indexed_dims(idx: Any, shape: tuple[int, ...]) -> set[int]:

@@ -16,6 +16,7 @@ import torch.fx
 from torch.fx.node import Node
 
 from netshrink.prune import _labels as L
+from netshrink.prune.forward_edits import owner_of
 from netshrink.prune.propagation import LabelPropagator, Partition, describe_node
 
 
@@ -58,6 +59,13 @@ class Analysis(LabelPropagator):
         self.attr_labels: dict[str, Any] = {}
         #: label -> where it was first pinned (``propagation.describe_node``)
         self.pin_reason: dict[int, str] = {}
+        #: split / slice node -> (channel dim, input channel labels, piece bounds): its
+        #: literal sizes are rewritten after pruning (``forward_edits``)
+        self.resizable_nodes: dict[str, tuple[int, torch.Tensor, list[tuple[int, int]]]] = {}
+        #: one-channel convs sliding along the channels (ECA): they pass them through
+        self.sliding: set[str] = set()
+        #: reductions / softmaxes combining whole slices along a dim (SKNet's paths)
+        self.slice_ops: set[str] = set()
 
     def get_attr_labels(self, n: Node, value: Any) -> Any:
         """A stored tensor (a layer scale, a norm's affine read in a traced forward): every
@@ -94,6 +102,33 @@ class Analysis(LabelPropagator):
             self.pinned.update(labels)
             for i in labels:
                 self.pin_reason.setdefault(i, reason)
+
+    def slides_along_channels(self, n: Node, m: Any, lab: torch.Tensor,
+                              x: torch.Tensor) -> bool:
+        """Decided on the original model and remembered (``sliding``): after pruning, a
+        channel vector of length 1 no longer shows where the channels are."""
+        slides = super().slides_along_channels(n, m, lab, x)
+        if slides:
+            self.sliding.add(n.name)
+        return slides
+
+    def across_slices(self, n: Node, c: torch.Tensor, d: int) -> bool:
+        """Decided on the original model and remembered (``slice_ops``), as ``sliding``."""
+        across = super().across_slices(n, c, d)
+        if across:
+            self.slice_ops.add(n.name)
+        return across
+
+    def resizable(self, n: Node, lab: torch.Tensor, x: torch.Tensor, dim: int,
+                  bounds: list[tuple[int, int]]) -> None:
+        """A channel split / slice with literal sizes in a block's forward: the channels flow
+        through (recorded for the planning to rewrite the sizes); in the model's own forward,
+        which cannot be rewritten, they are pinned."""
+        vec = L.channel_vector(lab, x.shape[dim], dim)
+        if vec is None or not owner_of(n):
+            self.pin(lab)
+            return
+        self.resizable_nodes[n.name] = (dim, vec, list(bounds))
 
     def partition(self, n: Node, blocks: list[torch.Tensor], why: str) -> None:
         self.partitions.append(Partition(n.name, why, [b.clone() for b in blocks]))

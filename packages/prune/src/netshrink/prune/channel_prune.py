@@ -43,7 +43,7 @@ from netshrink.prune.criteria import CriterionContext, list_criteria, score_clas
 from netshrink.prune.graph import DependencyGraph
 from netshrink.prune.planning import ChannelPlan, PlanViolation, make_plan
 from netshrink.prune.pruners import find_pruner
-from netshrink.prune.selection import select_dropped
+from netshrink.prune.selection import select_dropped, whole_group_cells
 from netshrink.prune.surgery import (
     apply_plan_,
     apply_structure_,
@@ -152,6 +152,9 @@ def plan_channels(model: nn.Module, example_input: torch.Tensor, config: Channel
     candidates = sum(1 for c in graph.classes() if graph.pin_reasons.get(c) not in model_io)
     held = sum(blocked.values())
     bound = _bound(graph) if config.mode != "group" else set()
+    if config.mode == "normal":
+        bound -= {c for cells in whole_group_cells(graph, graph.pinned).values()
+                  for cell in cells for c in cell}
     free = [c for c in graph.classes()
             if c not in graph.pinned and c not in pinned and c not in bound]
     if asked and plan.removed_channels == 0 and held and not free:
@@ -190,11 +193,16 @@ def blocking_modules(graph: DependencyGraph, mode: str = "normal",
     extra = extra or {}
     counts: Counter[str] = Counter()
     bound: dict[int, str] = {}
+    whole: set[int] = set()
+    if mode == "normal":  # grouped convs that lose whole groups do not hold their channels
+        whole = {c for cells in whole_group_cells(graph, graph.pinned).values()
+                 for cell in cells for c in cell}
     if mode != "group":
         for blocks, why in zip(graph.partitions, graph.partition_reasons, strict=True):
             for block in blocks:
                 for c in block:
-                    bound.setdefault(c, f"{why} (mode='group' prunes it)")
+                    if c not in whole:
+                        bound.setdefault(c, f"{why} (mode='group' prunes it)")
     for c in graph.classes():
         if c in graph.pinned:
             reason = graph.pin_reasons.get(c, "the analysis")

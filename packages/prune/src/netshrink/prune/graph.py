@@ -70,6 +70,8 @@ class DependencyGraph:
         self.partition_reasons: list[str] = []
         for part in analysis.partitions:
             blocks = [list(dict.fromkeys(find(x) for x in b.tolist())) for b in part.blocks]
+            if all(sorted(b) == sorted(blocks[0]) for b in blocks[1:]):
+                continue  # every block holds the same classes: always balanced
             self.partitions.append(blocks)
             self.partition_reasons.append(part.why)
         self.activations: dict[str, list[int]] = {

@@ -12,6 +12,7 @@ channel classes involved (``PlanViolation``); the caller pins them and selects a
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections import defaultdict, deque
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from torch.fx.node import Node
 
 from netshrink.prune import _labels as L
+from netshrink.prune.forward_edits import ForwardEdit, edit_for, split_size_position
 from netshrink.prune.graph import DependencyGraph
 from netshrink.prune.propagation import LabelPropagator, ModuleCall
 
@@ -49,6 +51,8 @@ class ChannelPlan:
     tensors: dict[str, tuple[int, tuple[int, ...]]] = dataclasses.field(default_factory=dict)
     #: what holds the channel groups that could not be pruned -> how many (``plan_channels``)
     blocked: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: new literal sizes of channel splits / slices in blocks' forwards (``forward_edits``)
+    forward_edits: tuple[ForwardEdit, ...] = ()
 
     @property
     def removed_channels(self) -> int:
@@ -77,6 +81,8 @@ class Simulation(LabelPropagator):
         self.dropped = dropped
         self.counters: dict[str, int] = defaultdict(int)
         self.tensors: dict[str, tuple[int, tuple[int, ...]]] = {}
+        #: resizable node -> its new literal sizes
+        self.edits: dict[str, tuple[int, ...]] = {}
 
     def classes(self, tree: Any) -> set[int]:
         return {self.find(x) for x in L.unique_labels(tree)}
@@ -91,6 +97,13 @@ class Simulation(LabelPropagator):
 
     def reference_shape(self, n: Node) -> tuple[int, ...]:
         return self.ref.shapes[n.name]
+
+    def slides_along_channels(self, n: Node, m: Any, lab: torch.Tensor,
+                              x: torch.Tensor) -> bool:
+        return n.name in self.ref.sliding
+
+    def across_slices(self, n: Node, c: torch.Tensor, d: int) -> bool:
+        return n.name in self.ref.slice_ops
 
     def combine_pair(self, n: Node, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if torch.equal(a, b):
@@ -138,6 +151,28 @@ class Simulation(LabelPropagator):
         self.tensors[str(n.target)] = (d, tuple(idx.tolist()))
         return (value.index_select(d, idx.to(value.device)), lab.index_select(d, idx))
 
+    def fetch_args_kwargs_from_env(self, n: Node) -> tuple[tuple, dict]:
+        """A resizable split / slice gets the pruned sizes (recorded in ``edits``)."""
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        if n.name not in self.ref.resizable_nodes:
+            return args, kwargs
+        dim, vec, bounds = self.ref.resizable_nodes[n.name]
+        keep = [self.find(x) not in self.dropped for x in vec.tolist()]
+        new = [(sum(keep[:a]), sum(keep[:b])) for a, b in bounds]
+        if new == bounds:
+            return args, kwargs
+        if n.target is operator.getitem:
+            items = list(args[1])
+            items[dim] = slice(*new[0])
+            self.edits[n.name] = new[0]
+            return (args[0], tuple(items), *args[2:]), kwargs
+        sizes = [b - a for a, b in new]
+        self.edits[n.name] = tuple(sizes)
+        pos, kw = split_size_position(n)
+        if pos is not None:
+            return (args[0], sizes, *args[2:]), kwargs
+        return args, {**kwargs, kw: sizes}
+
     def run_node(self, n: Node) -> Any:
         if n.op == "get_attr":
             value, labels = self.sliced_attr(n)
@@ -171,8 +206,9 @@ def make_plan(graph: DependencyGraph, dropped: frozenset[int]) -> ChannelPlan:
             removed[ref.module] = lost
         if plan is not None:
             modules[ref.module] = plan
+    edits = tuple(edit_for(graph.gm, node, values) for node, values in sim.edits.items())
     return ChannelPlan(modules=modules, removed=removed, dropped_classes=dropped,
-                       tensors=dict(sim.tensors))
+                       tensors=dict(sim.tensors), forward_edits=edits)
 
 
 def _module_plan(graph: DependencyGraph, ref: ModuleCall, new: ModuleCall,
@@ -189,8 +225,14 @@ def _module_plan(graph: DependencyGraph, ref: ModuleCall, new: ModuleCall,
     groups = ref.groups
     if ref.kind == "depthwise":
         groups = len(in_idx)
+        mult = len(ref.out_vec) // len(ref.in_vec)
+        if mult > 1:  # a channel multiplier: input i's outputs i*m .. i*m+m-1
+            out_idx = [i * mult + k for i in in_idx for k in range(mult)]
     if ref.kind == "grouped":
-        _check_groups(graph, ref, in_idx, out_idx)
+        groups = _whole_groups(ref, in_idx, out_idx)
+        if groups is None:
+            groups = ref.groups
+            _check_groups(graph, ref, in_idx, out_idx)
     n_out = len(ref.out_vec) if ref.out_vec is not None else 0
     lost = tuple(sorted(set(range(n_out)) - set(out_idx))) if out_idx is not None else ()
     if _identity(in_idx, ref.in_vec) and _identity(out_idx, ref.out_vec):
@@ -220,6 +262,22 @@ def _match(graph: DependencyGraph, ref: ModuleCall, new: ModuleCall,
     if missing:
         raise PlanViolation(new.node, involved, f"{ref.module} misses kept input channels")
     return idx
+
+
+def _whole_groups(ref: ModuleCall, in_idx: list[int], out_idx: list[int]) -> int | None:
+    """The new group count when whole groups were removed (each kept group keeps all its
+    inputs and outputs, the same groups on both sides); None otherwise."""
+    g = ref.groups
+    block_in, block_out = len(ref.in_vec) // g, len(ref.out_vec) // g
+    kept_in = sorted({i // block_in for i in in_idx})
+    kept_out = sorted({o // block_out for o in out_idx})
+    if not kept_in or kept_in != kept_out or len(kept_in) == g:
+        return None
+    whole_in = [j * block_in + i for j in kept_in for i in range(block_in)]
+    whole_out = [j * block_out + o for j in kept_out for o in range(block_out)]
+    if in_idx != whole_in or out_idx != whole_out:
+        return None
+    return len(kept_in)
 
 
 def _check_groups(graph: DependencyGraph, ref: ModuleCall, in_idx: list[int],

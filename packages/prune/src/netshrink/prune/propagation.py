@@ -39,8 +39,9 @@ class ModuleCall:
     """One call of a conv / linear / BatchNorm module and the labels of its channels.
 
     ``kind``: ``"dense"`` (conv with groups=1 or linear: prunable outputs), ``"grouped"``
-    (1 < groups: outputs prunable group-wise), ``"depthwise"`` (output channel i is input
-    channel i), ``"bn"`` (per-channel, output = input) or ``"fixed"`` (outputs never pruned).
+    (1 < groups: outputs prunable group-wise), ``"depthwise"`` (groups == in_channels: output
+    channel i is input channel i, or with a multiplier m, output i is input i // m), ``"bn"``
+    (per-channel, output = input) or ``"fixed"`` (outputs never pruned).
     ``in_vec`` is None when the input's channels could not be read (then they are pinned).
     """
 
@@ -93,6 +94,12 @@ class LabelPropagator(ShapeOps, torch.fx.Interpreter):
 
     def partition(self, n: Node, blocks: list[torch.Tensor], why: str) -> None:
         """Blocks of labels that must keep equal channel counts."""
+
+    def resizable(self, n: Node, lab: torch.Tensor, x: torch.Tensor, dim: int,
+                  bounds: list[tuple[int, int]]) -> None:
+        """A split / slice of ``x`` along channel dim ``dim`` with literal sizes: its pieces
+        are ``x``'s channels ``[start, stop)`` of ``bounds``. By default pinned."""
+        self.pin(lab)
 
     def record_call(self, call: ModuleCall) -> None:
         self.calls.append(call)
@@ -212,6 +219,8 @@ class LabelPropagator(ShapeOps, torch.fx.Interpreter):
             shape = tuple(x.shape[:-1]) + (out.numel(),)
             return L.along(out, x.ndim, x.ndim - 1), _zeros(simulate, shape, x)
         # convolution
+        if self.slides_along_channels(n, m, lab, x):  # ECA: the channel dim passes through
+            return lab, _zeros(simulate, tuple(x.shape), x)
         vec = L.channel_vector(lab, x.shape[1], 1)
         groups, c_in, c_out = m.groups, m.in_channels, m.out_channels
         if vec is None:
@@ -220,7 +229,11 @@ class LabelPropagator(ShapeOps, torch.fx.Interpreter):
             kind, out = "dense", self.new_labels(n, c_out, pinned=False)
         elif groups == c_in == c_out and vec is not None:
             kind, out = "depthwise", vec
-        elif groups == c_in or vec is None:  # depthwise with a multiplier: left alone
+        elif groups == c_in > 1 and c_out % c_in == 0 and vec is not None:
+            # depthwise with a channel multiplier (FastViT): outputs i*m .. i*m+m-1 are
+            # input channel i's, pruned with it
+            kind, out = "depthwise", vec.repeat_interleave(c_out // c_in)
+        elif groups == c_in or vec is None:
             self.pin(lab)
             kind, out = "fixed", self.new_labels(n, c_out, pinned=True)
         else:
@@ -231,6 +244,11 @@ class LabelPropagator(ShapeOps, torch.fx.Interpreter):
         shape = ((x.shape[0], out.numel()) + tuple(self.reference_shape(n)[2:])
                  if simulate else ())
         return L.along(out, x.ndim, 1), _zeros(simulate, shape, x)
+
+    def slides_along_channels(self, n: Node, m: nn.Module, lab: torch.Tensor,
+                              x: torch.Tensor) -> bool:
+        """Whether conv ``n`` passes the channels through (``_slides_along_channels``)."""
+        return _slides_along_channels(m, lab, x)
 
     def reference_shape(self, n: Node) -> tuple[int, ...]:
         """The node's output shape in the original model (simulation needs it)."""
@@ -302,6 +320,31 @@ class LabelPropagator(ShapeOps, torch.fx.Interpreter):
 
 def _zeros(simulate: bool, shape: tuple, like: torch.Tensor) -> torch.Tensor | None:
     return torch.zeros(shape, dtype=like.dtype, device=like.device) if simulate else None
+
+
+def _slides_along_channels(m: nn.Module, lab: torch.Tensor, x: torch.Tensor) -> bool:
+    """A one-channel conv whose input holds the model's channels along one *spatial* dim, kept
+    at its size (ECA's ``Conv1d(1, 1, k, padding=k // 2)`` over the pooled channel vector): its
+    weights do not depend on the channel count, so the channels pass through and may be pruned.
+    Not exact: after pruning, the kernel slides over the kept channels only, so a channel's
+    neighbours change. Acceptable as for Torch-Pruning: the 1-D conv is a local smoothing of
+    gate logits, learned without any order among channels beyond what training imposed, and
+    fine-tuning after pruning adapts it; its weights are kept as they are."""
+    if not (isinstance(m, L.CONV_TYPES) and m.groups == m.in_channels == m.out_channels == 1):
+        return False
+    if not isinstance(x, torch.Tensor) or x.ndim < 3 or x.shape[1] != 1:
+        return False
+    dims = [d % x.ndim for d in L.varying_dims(lab)]
+    if len(dims) != 1 or dims[0] < 2:
+        return False
+    d = dims[0] - 2
+    if m.stride[d] != 1:
+        return False
+    if m.padding == "same":
+        return True
+    if isinstance(m.padding, str) or m.padding_mode != "zeros":
+        return False
+    return 2 * m.padding[d] == m.dilation[d] * (m.kernel_size[d] - 1)
 
 
 def _is_param_module(m: nn.Module | None) -> bool:

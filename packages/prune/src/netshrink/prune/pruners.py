@@ -202,6 +202,37 @@ def register_leaf_function(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+#: layer types that need at least this many weights per filter (its fan-in: input channels
+#: per group x kernel size): a weight-standardized conv divides each filter by its standard
+#: deviation, which one value does not have (torch refuses it); selection keeps enough of such
+#: a layer's input channels (``register_min_fan_in``).
+MIN_FAN_IN: dict[type[nn.Module], int] = {}
+
+
+def register_min_fan_in(module_type: type[nn.Module], fan_in: int) -> type[nn.Module]:
+    """Pruning keeps at least ``fan_in`` weights per filter of ``module_type`` (and its
+    subclasses), e.g. 2 for a weight-standardized conv; returns ``module_type``."""
+    if not (isinstance(module_type, type) and issubclass(module_type, L.CONV_TYPES)):
+        raise TypeError(f"register_min_fan_in needs a convolution subclass, got {module_type!r}")
+    if not isinstance(fan_in, int) or isinstance(fan_in, bool) or fan_in < 1:
+        raise ValueError(f"fan_in={fan_in!r} must be an integer of at least 1")
+    MIN_FAN_IN[module_type] = fan_in
+    return module_type
+
+
+def min_input_channels(module: nn.Module) -> int:
+    """How many input channels ``module`` must keep for its registered minimum fan-in
+    (``register_min_fan_in``): 1 for a layer without one."""
+    load_third_party()
+    need = next((MIN_FAN_IN[b] for b in type(module).__mro__ if b in MIN_FAN_IN), 1)
+    if need <= 1 or not isinstance(module, L.CONV_TYPES):
+        return 1
+    per_channel = 1
+    for k in module.kernel_size:
+        per_channel *= int(k)
+    return module.groups * -(-need // per_channel)
+
+
 def load_third_party() -> None:
     """Register the leaves and pruners of the model libraries already imported (timm); a
     library that is not imported cannot have built the model, so nothing is imported here."""
@@ -233,8 +264,9 @@ def _arange(n: int, like: nn.Module) -> torch.Tensor:
 
 
 def _is_depthwise(m: nn.Module) -> bool:
-    return (isinstance(m, L.CONV_TYPES) and m.groups > 1
-            and m.groups == m.in_channels == m.out_channels)
+    """groups == in_channels (> 1), with or without a channel multiplier (out = m x in)."""
+    return (isinstance(m, L.CONV_TYPES) and m.groups > 1 and m.groups == m.in_channels
+            and m.out_channels % m.in_channels == 0)
 
 
 def _factory(old: nn.Module) -> dict[str, Any]:
@@ -295,12 +327,14 @@ def _conv_prune_in(old: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 @torch.no_grad()
 def _conv_prune_out(old: nn.Module, keep: torch.Tensor) -> nn.Module:
-    """Keep output channels ``keep``; a depthwise conv (groups == in == out) keeps the same
-    channels of its input too (one index set)."""
+    """Keep output channels ``keep``; a depthwise conv (groups == in_channels) keeps the
+    matching channels of its input too (one index set: with a channel multiplier m, whole
+    blocks of m outputs)."""
     if type(old) not in L.CONV_TYPES:
         return conv_slice_out(old, keep)
-    if _is_depthwise(old):
-        shape = {"in_channels": len(keep), "out_channels": len(keep), "groups": len(keep)}
+    if _is_depthwise(old):  # whole multiplier blocks: in = groups = kept outputs / m
+        n_in = len(keep) // (old.out_channels // old.in_channels)
+        shape = {"in_channels": n_in, "out_channels": len(keep), "groups": n_in}
     else:
         shape = {"in_channels": old.in_channels, "out_channels": len(keep),
                  "groups": old.groups}

@@ -8,9 +8,13 @@ important). Rules, in order:
 * ``scope="global"`` drops the ``amount`` fraction of all prunable classes with the lowest
   scores across the network (network slimming's global threshold); ``"per_layer"`` drops that
   fraction inside every group of tied layers;
-* the floor: no producer ever keeps fewer than ``min_channels`` output channels;
-* ``mode="normal"`` drops exactly that fraction (unless the floor stops it); classes bound by a
-  grouped conv, channel shuffle or chunk are left alone;
+* the floor: no producer ever keeps fewer than ``min_channels`` output channels, and a layer
+  with a registered minimum fan-in (a weight-standardized conv, ``register_min_fan_in``)
+  keeps enough input channels for it;
+* ``mode="normal"`` drops exactly that fraction (unless the floor stops it); a grouped conv
+  whose groups bind nothing else loses whole groups (each kept group keeps its width, the
+  group count falls); other classes bound by a grouped conv, channel shuffle or chunk are
+  left alone;
 * ``mode="regular"`` then rounds every pruned group's kept count to the nearest multiple of
   ``round_to`` (at least ``round_to``), keeping the best-scored channels;
 * ``mode="group"`` also prunes classes bound by grouped convs, shuffles and chunks: such
@@ -27,6 +31,7 @@ import math
 from collections import Counter, defaultdict
 
 from netshrink.prune.graph import DependencyGraph
+from netshrink.prune.pruners import min_input_channels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,36 +50,47 @@ def select_dropped(graph: DependencyGraph, scores: dict[int, float], *, amount: 
     blocked = set(graph.pinned) | set(pinned)
     blocked |= {c for c in candidates if c not in scores or not math.isfinite(scores[c])}
     bound = {c for blocks in graph.partitions for b in blocks for c in b}
+    class_producers = _class_producers(graph)
+    remaining = {name: len(cs) for name, cs in graph.producers.items()}
+    floors = dict.fromkeys(remaining, min_channels)
+    whole: list[_Unit] = []
+    if mode == "normal":
+        whole = _whole_group_units(graph, scores, blocked, remaining, class_producers, floors)
     if mode != "group":
         blocked |= bound
     units = [_Unit((c,), scores[c]) for c in candidates if c not in blocked and c not in bound]
+    units += whole
     if mode == "group":
         units += _lattice_units(graph, scores, blocked)
-    prunable = [c for c in candidates if c not in blocked]
-    class_producers = _class_producers(graph)
-    remaining = {name: len(cs) for name, cs in graph.producers.items()}
+    in_whole = {c for u in whole for c in u.classes}
+    prunable = [c for c in candidates if c not in blocked or c in in_whole]
+    _add_input_floors(graph, remaining, class_producers, floors, min_channels)
     dropped: set[int] = set()
     if scope == "global":
         _greedy(units, round(amount * len(prunable)), remaining, class_producers,
-                min_channels, dropped)
+                floors, dropped)
     else:
         group_of = {c: i for i, g in enumerate(graph.groups()) for c in g.classes}
+        for u in whole:  # a conv's input and output groups go together: one group of layers
+            group_of.update(dict.fromkeys(u.classes, group_of[u.classes[0]]))
         by_group: dict[int, list[_Unit]] = defaultdict(list)
         for u in units:
             by_group[group_of[u.classes[0]]].append(u)
         count = Counter(group_of[c] for c in prunable)
         for gid, group_units in by_group.items():
             _greedy(group_units, round(amount * count[gid]), remaining, class_producers,
-                    min_channels, dropped)
+                    floors, dropped)
     if mode == "regular":
         _round_groups(graph, scores, blocked, dropped, round_to, min_channels)
     return frozenset(dropped)
 
 
 def _greedy(units: list[_Unit], target: int, remaining: dict[str, int],
-            class_producers: dict[int, Counter], min_channels: int, dropped: set[int]) -> None:
-    """Drop the lowest-scored units until ``target`` classes are dropped, keeping the floor
-    and taking each lattice's slots in rank order."""
+            class_producers: dict[int, Counter], floors: dict[str, int],
+            dropped: set[int]) -> None:
+    """Drop the lowest-scored units until ``target`` classes are dropped, keeping the floors
+    (``floors``: holder -> channels it keeps at least) and taking each lattice's slots in rank
+    order."""
     count = 0
     slots_taken: dict[int, int] = defaultdict(int)
     for u in sorted(units, key=lambda u: (u.score, u.rank)):
@@ -85,7 +101,7 @@ def _greedy(units: list[_Unit], target: int, remaining: dict[str, int],
         need: Counter = Counter()
         for c in u.classes:
             need.update(class_producers.get(c, {}))
-        if any(remaining[p] - k < min_channels for p, k in need.items()):
+        if any(remaining[p] - k < floors[p] for p, k in need.items()):
             continue
         for p, k in need.items():
             remaining[p] -= k
@@ -100,6 +116,78 @@ def _class_producers(graph: DependencyGraph) -> dict[int, Counter]:
     for name, classes in graph.producers.items():
         for c in classes:
             out[c][name] += 1
+    return out
+
+
+def _add_input_floors(graph: DependencyGraph, remaining: dict[str, int],
+                      class_producers: dict[int, Counter], floors: dict[str, int],
+                      min_channels: int) -> None:
+    """Layers with a minimum fan-in become holders of their input classes: ``in:NAME`` keeps
+    at least ``min_input_channels`` of them; so does every piece of a split whose sizes are
+    rewritten (``piece:NODE:I`` keeps ``min_channels``). One greedy check with the producers'
+    floors."""
+    for node, (_, vec, bounds) in graph.analysis.resizable_nodes.items():
+        for i, (a, b) in enumerate(bounds):  # every piece of a rewritten split keeps a channel
+            key = f"piece:{node}:{i}"
+            classes = [graph.find(x) for x in vec[a:b].tolist()]
+            remaining[key] = len(classes)
+            floors[key] = min(min_channels, len(classes))
+            for c in classes:
+                class_producers[c][key] += 1
+    for name, call in graph.calls.items():
+        if call.in_vec is None:
+            continue
+        floor = min_input_channels(graph.model.get_submodule(name))
+        if floor <= 1:
+            continue
+        key = f"in:{name}"
+        classes = [graph.find(x) for x in call.in_vec.tolist()]
+        remaining[key] = len(classes)
+        floors[key] = min(floor, len(classes))
+        for c in classes:
+            class_producers[c][key] += 1
+
+
+def _whole_group_units(graph: DependencyGraph, scores: dict[int, float], blocked: set[int],
+                       remaining: dict[str, int], class_producers: dict[int, Counter],
+                       floors: dict[str, int]) -> list[_Unit]:
+    """Normal mode: a grouped conv whose groups bind nothing else loses whole groups (group
+    ``j``'s input and output channels together, so every kept group keeps its width and the
+    group count falls). Each such conv keeps at least one group (holder ``groups:NAME``)."""
+    units: list[_Unit] = []
+    for name, cells in whole_group_cells(graph, blocked).items():
+        flat = [c for cell in cells for c in cell]
+        key = f"groups:{name}"
+        remaining[key] = len(flat)
+        floors[key] = max(len(cell) for cell in cells)
+        for cell in cells:
+            for c in cell:
+                class_producers[c][key] += 1
+            members = tuple(sorted(cell))
+            units.append(_Unit(members, sum(scores[c] for c in members) / len(members)))
+    return units
+
+
+def whole_group_cells(graph: DependencyGraph,
+                      blocked: set[int] | frozenset[int]) -> dict[str, list[set[int]]]:
+    """Grouped convs whose groups can go whole in the normal mode -> the classes of each group
+    (its input and output channels): every class is bound by this conv's groups only, none is
+    blocked, none repeats."""
+    membership: Counter = Counter()
+    for blocks in graph.partitions:
+        membership.update({c for b in blocks for c in b})
+    out: dict[str, list[set[int]]] = {}
+    for name, call in graph.calls.items():
+        if call.kind != "grouped" or call.in_vec is None:
+            continue
+        g = call.groups
+        ins = [[graph.find(x) for x in b.tolist()] for b in call.in_vec.chunk(g)]
+        outs = [[graph.find(x) for x in b.tolist()] for b in call.out_vec.chunk(g)]
+        flat = [c for block in ins + outs for c in block]
+        if (len(flat) != len(set(flat)) or any(membership[c] != 1 for c in flat)
+                or any(c in blocked for c in flat)):
+            continue
+        out[name] = [set(i) | set(o) for i, o in zip(ins, outs, strict=True)]
     return out
 
 

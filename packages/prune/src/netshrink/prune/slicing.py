@@ -77,7 +77,8 @@ def _set_count(module: nn.Module, n: int) -> None:
 
 
 def is_depthwise(m: nn.Module) -> bool:
-    return m.groups > 1 and m.groups == m.in_channels == m.out_channels
+    """groups == in_channels (> 1), with or without a channel multiplier (out = m x in)."""
+    return m.groups > 1 and m.groups == m.in_channels and m.out_channels % m.in_channels == 0
 
 
 @torch.no_grad()
@@ -85,12 +86,13 @@ def conv_slice_out(m: nn.Module, keep: torch.Tensor) -> nn.Module:
     """Keep output filters ``keep`` of a conv subclass, in place (a depthwise conv keeps the
     same input channels: one index set)."""
     n, depthwise = m.out_channels, is_depthwise(m)
+    mult = m.out_channels // m.in_channels
     for name, t in _own_tensors(m):
         if t.shape[0] == n:
             set_tensor(m, name, t[keep.to(t.device)].clone())
     m.out_channels = len(keep)
     if depthwise:
-        m.in_channels = m.groups = len(keep)
+        m.in_channels = m.groups = len(keep) // mult
     return m
 
 

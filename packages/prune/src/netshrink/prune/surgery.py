@@ -4,16 +4,26 @@ that structure on a fresh model from recorded shapes.
 
 ``apply_plan_(model, plan)`` changes ``model`` in place: every planned module is replaced (same
 name, same type, new shape), so the model's class, its forward code and its state-dict keys stay
-the same; only tensor shapes shrink. ``channel_structure`` records the new shapes, and
-``apply_structure_`` recreates them on a freshly built model before a checkpoint's weights load.
+the same; only tensor shapes shrink. A block whose forward splits or slices its channels with
+literal sizes gets those sizes rewritten (``forward_edits``: an instance ``forward`` running its
+own fx graph). ``channel_structure`` records the new shapes, and ``apply_structure_`` recreates
+them on a freshly built model before a checkpoint's weights load.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from netshrink.core import deprecated_alias
+from netshrink.prune.forward_edits import (
+    apply_forward_edits_,
+    edits_from_structure,
+    forward_structure,
+    is_forward_entry,
+)
 from netshrink.prune.planning import ChannelPlan, ModulePlan
 from netshrink.prune.pruners import find_pruner, get_pruner
 from netshrink.prune.slicing import set_tensor
@@ -30,15 +40,18 @@ def apply_plan_(model: nn.Module, plan: ChannelPlan) -> nn.Module:
         t = getattr(owner, attr)
         index = torch.tensor(list(keep), dtype=torch.long, device=t.device)
         set_tensor(owner, attr, t.detach().index_select(dim, index).clone())
+    apply_forward_edits_(model, list(plan.forward_edits))
     return model
 
 
 def tensor_structure(model: nn.Module, plan: ChannelPlan) -> dict[str, dict[str, int]]:
     """The cut stored tensors of ``plan`` as structure entries (``{"tensor_dim": d,
-    "tensor_size": n}``), which ``apply_structure_`` recreates."""
+    "tensor_size": n}``) and its rewritten splits (``forward_edits.forward_structure``),
+    which ``apply_structure_`` recreates."""
     out: dict[str, dict[str, int]] = {}
     for name, (dim, keep) in plan.tensors.items():
         out[name] = {"tensor_dim": dim, "tensor_size": len(keep)}
+    out.update(forward_structure(list(plan.forward_edits)))
     return out
 
 
@@ -69,6 +82,8 @@ def _shape_of(m: nn.Module) -> dict[str, int] | None:
 def apply_structure_(model: nn.Module, structure: dict[str, dict[str, int]]) -> nn.Module:
     """Give the named modules the recorded shapes (fresh weights, to be loaded next)."""
     for name, shape in structure.items():
+        if is_forward_entry(name):
+            continue
         if set(shape) == {"tensor_dim", "tensor_size"}:
             _resize_tensor(model, name, shape["tensor_dim"], shape["tensor_size"])
             continue
@@ -82,6 +97,7 @@ def apply_structure_(model: nn.Module, structure: dict[str, dict[str, int]]) -> 
             raise ValueError(f"recorded shape {shape} does not fit module {name!r} "
                              f"({type(old).__name__})")
         _replace(model, name, get_pruner(old, name).resized(old, dict(shape)))
+    apply_forward_edits_(model, edits_from_structure(structure))
     return model
 
 
@@ -118,10 +134,27 @@ def _pruned(old: nn.Module, mp: ModulePlan, name: str = "") -> nn.Module:
         if idx is not None:
             new = pruner.prune_out(new, _index(idx, new))
         return new
+    if mp.groups != getattr(old, "groups", mp.groups):
+        return _without_groups(old, mp, pruner)
     if mp.in_idx is not None:
         new = pruner.prune_in(new, _index(mp.in_idx, new))
     if mp.out_idx is not None:
         new = pruner.prune_out(new, _index(mp.out_idx, new))
+    return new
+
+
+@torch.no_grad()
+def _without_groups(old: nn.Module, mp: ModulePlan, pruner: Any) -> nn.Module:
+    """A grouped conv that lost whole groups (``mode="normal"``): its kept filters, each with
+    the same inputs at the same local positions, and fewer groups."""
+    out_idx = _index(mp.out_idx, old)
+    weight = old.weight[out_idx].clone()
+    bias = None if getattr(old, "bias", None) is None else old.bias[out_idx].clone()
+    new = pruner.resized(old, {"in_channels": len(mp.in_idx), "out_channels": len(out_idx),
+                               "groups": mp.groups})
+    new.weight.copy_(weight)
+    if bias is not None:
+        new.bias.copy_(bias)
     return new
 
 

@@ -10,6 +10,8 @@ exist then), the first trace or pruner look-up registers, once:
   subclasses in place, ``slicing``);
 * leaves for norms and weight-standardized convs that read their own tensors in a traced
   forward (``LayerNorm``, ``LayerNormAct``, ``StdConv2d``, ``ScaledStdConv2d``);
+* a minimum fan-in of 2 for the weight-standardized convs (one weight has no standard
+  deviation: ``pruners.register_min_fan_in``);
 * per-channel pruners for channels-first norms and layer scales (``LayerNorm2d``,
   ``LayerNormAct2d``, ``LayerScale``, ``LayerScale2d``, ``FrozenBatchNormAct2d``) and for
   ConvNeXt-V2's ``GlobalResponseNorm`` (its statistics then cover the kept
@@ -29,6 +31,7 @@ from netshrink.prune.pruners import (
     PRUNERS,
     register_leaf,
     register_leaf_function,
+    register_min_fan_in,
     register_pruner,
 )
 from netshrink.prune.slicing import channel_count, slice_channels_
@@ -37,6 +40,8 @@ _LOADED: set[str] = set()
 
 #: timm layers traced as leaves (their pruner, if any, comes through the MRO)
 TIMM_LEAVES = ("LayerNorm", "LayerNormAct", "StdConv2d", "ScaledStdConv2d")
+#: timm weight-standardized convs: a filter of one weight has no standard deviation
+TIMM_STANDARDIZED = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
 #: timm "do not trace" modules traced into all the same: their forward is traceable and holds
 #: the model's prunable convs (as a leaf, NFNets' whole blocks would keep their channels)
 TIMM_TRACED = ("NormFreeBlock",)
@@ -73,6 +78,10 @@ def _load_timm() -> None:
         found = getattr(layers, name, None)
         if isinstance(found, type) and issubclass(found, nn.Module):
             register_leaf(found)
+    for name in TIMM_STANDARDIZED:
+        found = getattr(layers, name, None)
+        if isinstance(found, type) and issubclass(found, nn.Conv2d):
+            register_min_fan_in(found, 2)
     for name, dim in TIMM_PER_CHANNEL:
         found = getattr(layers, name, None)
         if isinstance(found, type) and issubclass(found, nn.Module) and found not in PRUNERS:

@@ -41,6 +41,13 @@ class _NamingTracer(torch.fx.Tracer):
                 "data-dependent control flow in that module's forward") from err
 
 
+def trace_graph(module: nn.Module) -> torch.fx.Graph:
+    """The fx graph of ``module``'s own (class) forward, with the same leaves as ``trace``
+    (``forward_edits`` rewrites it)."""
+    load_third_party()
+    return _NamingTracer(autowrap_functions=tuple(LEAF_FUNCTIONS)).trace(module)
+
+
 def trace(model: nn.Module) -> torch.fx.GraphModule:
     """Symbolically trace ``model``; the GraphModule shares the model's submodules."""
     load_third_party()

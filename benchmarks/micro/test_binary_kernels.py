@@ -8,7 +8,8 @@ Cases, each at batch 1 and 64, eval mode under ``torch.inference_mode``:
   (binary weights, ``sign`` input) as ``BitConv2d``, against ``nn.Conv2d`` in float;
 * ``nin``: the whole nin (bacp order, hardtanh; W binary / A binary, BNN weights, BN folded to
   thresholds by netshrink.bnfuse, binary-input layers on the kernels; first / last conv float)
-  against the float nin in the same order, BN-folded too (its own deployment form).
+  against the float nin in the same order, BN-folded too (its own deployment form); consecutive
+  binary layers hand each other packed bits (``packed_outputs``: how many of them emit bits).
 
 Float and packed runs alternate ``NETSHRINK_BENCH_ROUNDS`` times (default 3; batch 1 ten times
 as many) after one warm-up each, so that load from other processes hits both alike. Reported:
@@ -110,7 +111,9 @@ def test_bitpacked_speedup(benchmark, case: str, batch: int) -> None:
     result = benchmark.pedantic(_paired, args=(run(floating), run(packed), rounds), rounds=1,
                                 iterations=1)
     result.update({"case": case, "batch": batch, "threads": torch.get_num_threads(),
-                   "kernel": simd_path(), "packed_layers": len(bit_layers(packed))})
+                   "kernel": simd_path(), "packed_layers": len(bit_layers(packed)),
+                   "packed_outputs": sum(getattr(m, "emit_lo", None) is not None
+                                         for m in packed.modules())})
     benchmark.extra_info.update(result)
     print(f"\n{case} batch {batch} ({result['kernel']}, {result['threads']} threads): float "
           f"{result['float_seconds'] * 1e3:.2f} ms, packed "

@@ -36,7 +36,8 @@ def test_hardtanh_and_max_pool_are_absorbed_exactly(pool, size) -> None:
 
 
 def test_sign_changing_layers_stay() -> None:
-    """ReLU maps negatives to 0 (sign +1) and Hardtanh(0, 1) too: both must stay."""
+    """ReLU maps negatives to 0 (sign +1) and Hardtanh(0, 1) too: both must stay, unless a
+    packed conv before them emits the next one's bits (then they are tabulated, exactly)."""
     torch.manual_seed(1)
     net = nn.Sequential(nn.MaxPool2d(2), nn.Identity(),
                         nn.Conv2d(8, 5, 3, padding=1, bias=False), nn.Hardtanh(0.0, 1.0),
@@ -45,8 +46,12 @@ def test_sign_changing_layers_stay() -> None:
     model[1] = nn.ReLU()  # set after quantize_, which drops a ReLU in front of sign itself
     fast = check(model, torch.randn(2, 8, 6, 6))
     assert isinstance(fast[0], nn.MaxPool2d) and isinstance(fast[1], nn.ReLU)
-    assert isinstance(fast[3], nn.Hardtanh) and fast[2].pre_pool is None
-    assert isinstance(fast[4], BitConv2d)
+    assert fast[2].pre_pool is None and fast[2].emit_lo is not None  # Hardtanh(0, 1) tabulated
+    assert isinstance(fast[3], nn.Identity) and isinstance(fast[4], BitConv2d)
+    # hardtanh(0, 1) >= 0 everywhere: every sum gives a +1 bit
+    assert (fast[2].emit_lo <= -fast[2].total).all() and (fast[2].emit_hi >= fast[2].total).all()
+    plain = accelerate(model, absorb=False)
+    assert isinstance(plain[3], nn.Hardtanh) and plain[2].emit_lo is None
 
 
 class _TwoUses(nn.Module):
@@ -73,3 +78,25 @@ def test_a_layer_that_also_feeds_something_else_stays(tmp_path) -> None:
     with torch.no_grad():
         ref, out = traced(x), fast(x)
     assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+
+
+class _CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(2)
+        self.conv = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.conv(self.pool(x)))
+
+
+def test_a_conv_called_twice_takes_nothing_over(tmp_path) -> None:
+    """Taking the pool over would pool the input of the second call too."""
+    torch.manual_seed(3)
+    path = save_packed(quantize_(_CalledTwice(), CFG).eval(), tmp_path / "twice.safetensors")
+    traced = load_packed(path)
+    fast = accelerate(traced)
+    assert isinstance(fast.pool, nn.MaxPool2d) and fast.conv.pre_pool is None
+    x = torch.randn(2, 6, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fast(x), traced(x))

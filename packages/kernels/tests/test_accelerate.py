@@ -47,6 +47,10 @@ def test_packed_file_round_trip_is_bit_exact(tmp_path, w) -> None:
     # the hardtanh and max-pool before the stride-2 conv were taken over (fx graph path)
     assert fast.get_submodule("7").pre_pool == (3, 2, 1)
     assert isinstance(fast.get_submodule("5"), nn.Identity)
+    # 3 -> 7 -> 10 stay packed: BN + hardtanh (+ the pool) tabulated into 3's and 7's outputs
+    assert [fast.get_submodule(n).emit_lo is not None for n in ("3", "7", "10")] == [
+        True, True, False]
+    assert isinstance(fast.get_submodule("8"), nn.Identity)
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
         ref, deployed, out = model(x), load_float(path)(x), fast(x)

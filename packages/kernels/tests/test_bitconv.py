@@ -84,11 +84,14 @@ def test_batch_one_at_every_row_length(cin, args, width, w) -> None:
 def test_packed_input_on_every_path(shape, groups, pad) -> None:
     """sign bits (0, -0.0 and NaN -> 1) along each group's channels, 64 to a word, zero words
     around the image: the same from every path (vector loops with tails of any length)."""
+    _check_packing(torch.randn(shape), groups, pad)
+
+
+def _check_packing(x: torch.Tensor, groups: int, pad: tuple[int, int]) -> None:
     from netshrink.kernels._build import kernel_ops
 
-    x = torch.randn(shape)
     x.view(-1)[:3] = torch.tensor([0.0, -0.0, float("nan")])
-    n, c, h, w = shape
+    n, c, h, w = x.shape
     cg, words = c // groups, -(-(c // groups) // 64)
     bits = (~(x < 0)).to(torch.int64).view(n, groups, cg, h, w)
     bits = nn.functional.pad(bits, (0, 0, 0, 0, 0, words * 64 - cg))
@@ -99,6 +102,15 @@ def test_packed_input_on_every_path(shape, groups, pad) -> None:
     for path in available_paths():
         got = ops.pack_input(x, groups, pad[0], pad[1], KERNEL_PATHS[path])
         assert torch.equal(got, ref), path
+
+
+@pytest.mark.parametrize(("shape", "pad"), [((1, 130, 33, 35), (1, 2)), ((1, 192, 32, 32), (0, 0)),
+                                            ((1, 64, 45, 47), (0, 0))])
+def test_large_batch_one_image_split_over_threads(shape, pad) -> None:
+    """At batch 1 a large image (2^17 floats and more) is packed in runs of pixels by several
+    threads: runs that end inside a row, a last short run, one word per pixel or three."""
+    torch.set_num_threads(2)
+    _check_packing(torch.randn(shape), 1, pad)
 
 
 @pytest.mark.parametrize("w", ["binary", "ternary"])

@@ -49,6 +49,15 @@ class BitConv2d(nn.Module):
         #: ``(kernel, stride, padding)`` of a max-pool applied to the packed input first (set by
         #: ``absorb_sign_preserving``: max of signs = OR of bits), or None.
         self.pre_pool: tuple[int, int, int] | None = None
+        #: With ``pre_pool`` on bits a previous ``BitConv2d`` emitted: int64 words with a bit set
+        #: for each channel to AND-pool (min of signs, see ``absorb``), else None.
+        self.register_buffer("pool_and", None)
+        #: Packed output (set by ``absorb``): bit 1 for output channel c where its exact sum lies
+        #: in ``[emit_lo[c], emit_hi[c]]``, laid out for the next binary layer (``emit_groups``,
+        #: ``emit_pad``); None: float output.
+        self.register_buffer("emit_lo", None)
+        self.register_buffer("emit_hi", None)
+        self.emit_groups, self.emit_pad = 1, (0, 0)
         for name in ("p", "m", "total", "tap_sum"):
             self.register_buffer(name, getattr(planes, name))
         alpha = (torch.ones(out_channels) if weight_scale is None
@@ -73,31 +82,78 @@ class BitConv2d(nn.Module):
                    groups=layer.groups, weight_scale=params.get("scale"),
                    out_scale=layer.out_scale, bias=layer.bias, ternary=ternary)
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4:
-            raise ValueError(f"BitConv2d takes a float32 (N, C, H, W) CPU tensor, got "
-                             f"{x.dtype} {tuple(x.shape)} on {x.device}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"BitConv2d expects {self.in_channels} input channels, got "
-                             f"{x.shape[1]}")
+    def _epilogue(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(out_scale, bias)`` as the kernels take them (empty: none)."""
         none = self.alpha.new_empty(0)
         out_scale = none if self.out_scale is None else self.out_scale
         bias = none if self.bias is None else self.bias
         if self.out_scale is not None and self.bias is None:
             bias = torch.zeros_like(self.out_scale)
-        # one call: pack sign(x) (OR-pooled first with pre_pool), then the conv
-        return kernel_ops().bitconv(
-            x, self.p, self.m, self.total, self.tap_sum, self.alpha, out_scale, bias,
-            list(self.kernel_size), list(self.stride), list(self.dilation), list(self.padding),
-            self.groups, list(self.pre_pool or ()), KERNEL_PATHS[self.kernel_path])
+        return out_scale, bias
+
+    # Every argument of the kernel call but ``x``, built at the first forward and kept (at batch
+    # 1 building them took about as long as packing the input): any attribute set, and ``to()``
+    # and the like, drop them; a copy starts without.
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__["_call_args"] = None
+        super().__setattr__(name, value)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> BitConv2d:
+        self.__dict__["_call_args"] = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_call_args": None}
+
+    def _call(self) -> tuple[Any, ...]:
+        args = self.__dict__.get("_call_args")
+        if args is None:
+            out_scale, bias = self._epilogue()
+            none_i64, none_i32 = self.p.new_empty(0), self.total.new_empty(0)
+            args = (self.p, self.m, self.total, self.tap_sum, self.alpha, out_scale, bias,
+                    list(self.kernel_size), list(self.stride), list(self.dilation),
+                    list(self.padding), self.groups, list(self.pre_pool or ()),
+                    none_i64 if self.pool_and is None else self.pool_and,
+                    none_i32 if self.emit_lo is None else self.emit_lo,
+                    none_i32 if self.emit_hi is None else self.emit_hi,
+                    self.emit_groups, list(self.emit_pad), KERNEL_PATHS[self.kernel_path])
+            self.__dict__["_call_args"] = args
+        return args
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.int64:  # bits a previous BitConv2d emitted for this layer
+            words = -(-(self.in_channels // self.groups) // 64)
+            if x.dim() != 5 or x.shape[1] != self.groups or x.shape[4] != words:
+                raise ValueError(f"BitConv2d takes packed bits as (N, {self.groups}, H, W, "
+                                 f"{words}) int64, got {tuple(x.shape)}")
+        elif x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4:
+            raise ValueError(f"BitConv2d takes a float32 (N, C, H, W) CPU tensor, got "
+                             f"{x.dtype} {tuple(x.shape)} on {x.device}")
+        elif x.shape[1] != self.in_channels:
+            raise ValueError(f"BitConv2d expects {self.in_channels} input channels, got "
+                             f"{x.shape[1]}")
+        # one call: pack sign(x) unless packed already, pool (pre_pool), the conv, then floats
+        # or (emit_lo) packed bits for the next binary layer
+        return kernel_ops().bitconv(x, *self._call())
+
+    def emitted_values(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every exact sum an output channel can have, ``v`` int32 ``[C, K]`` (``-max(total)``
+        to ``max(total)``; padding taps can make any of them), and the float output the
+        kernel's epilogue gives each (``[C, K]``): what ``absorb`` tabulates packed outputs
+        from."""
+        top = int(self.total.max()) if self.total.numel() else 0
+        v = torch.arange(-top, top + 1, dtype=torch.int32).expand(self.out_channels, -1)
+        out_scale, bias = self._epilogue()
+        return v, kernel_ops().epilogue(v.contiguous(), self.alpha, out_scale, bias)
 
     def extra_repr(self) -> str:
         kind = "ternary" if self.ternary else "binary"
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"groups={self.groups}, weights={kind}"
-                + (f", pre_pool={self.pre_pool}" if self.pre_pool else ""))
+                + (f", pre_pool={self.pre_pool}" if self.pre_pool else "")
+                + (", packed_output=True" if self.emit_lo is not None else ""))
 
 
 class BitLinear(BitConv2d):

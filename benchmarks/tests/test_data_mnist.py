@@ -77,7 +77,9 @@ def test_read_idx_shapes(tmp_path: Path):
      r"\(1568 bytes of data\) but the file holds more"),
     (b"\x00\x00\x08", "too short"),
     (struct.pack(">II", 2051, 2), "truncated inside its header"),
-    (gzip.compress(_idx(np.zeros((2, 28, 28), np.uint8), 2051))[:40], "corrupt or truncated gzip"),
+    # mtime=0: the same bytes (and test id) in every pytest-xdist worker's collection
+    (gzip.compress(_idx(np.zeros((2, 28, 28), np.uint8), 2051), mtime=0)[:40],
+     "corrupt or truncated gzip"),
 ])
 def test_bad_idx_files_are_clear_errors(tmp_path: Path, blob: bytes, message: str):
     path = tmp_path / "t10k-images-idx3-ubyte"

@@ -22,6 +22,10 @@ QuantizeLinear / DequantizeLinear pairs into the convolution.
 OpenVINO runs with ``INFERENCE_PRECISION_HINT=f32``: on a CPU with bf16 support its default is
 to run float layers in bf16, which would no longer compute what PyTorch computes (the check
 would measure bf16 rounding, not the export). Integer layers run in u8 / i8 either way.
+One departure from the file's QDQ semantics remains, OpenVINO's own: when it fuses a residual
+add into the convolution producing one operand, it clips that operand to its QuantizeLinear's
+range without rounding it (see packages/deploy/README.md, "Why OpenVINO disagrees on int8
+ResNets"); no compile property turns that off.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ CASES = {
     "plan_channels": lambda: (_net(), (X, CONFIG)),
     "prune_channels": lambda: (_net(), (X, CONFIG)),
     "slimming_penalty": lambda: (_net(), (1e-4,)),
+    "tensor_structure": lambda: ((m := _net()), (_plan(m),)),
     "trace": lambda: (_net(), ()),
     "weight_sparsity": lambda: (_net(), ()),
 }

@@ -211,3 +211,47 @@ def test_unreachable_macs_target_says_what_is_reachable(randomize_bn):
     model = randomize_bn(_chain()).eval()
     with pytest.raises(ValueError, match=r"macs_target=0.001 cannot be reached.*leaves 0\.\d+"):
         prune_channels(model, X, ChannelPruneConfig(macs_target=0.001))
+
+
+class _Stream(nn.Module):
+    """A residual stream of 8 channels made by three filters each (stem + two blocks' second
+    convs) and two blocks' hidden 16 channels made by one filter each: 56 filters in all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.hidden = nn.ModuleList(nn.Conv2d(8, 16, 3, padding=1) for _ in range(2))
+        self.back = nn.ModuleList(nn.Conv2d(16, 8, 3, padding=1) for _ in range(2))
+        self.head = nn.Linear(8, 5)
+        with torch.no_grad():  # the hidden filters rank lowest (as RepVGG's wide last stage)
+            for conv in self.hidden:
+                conv.weight.mul_(0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for hidden, back in zip(self.hidden, self.back, strict=True):
+            x = x + back(torch.relu(hidden(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def _filters(model: nn.Module) -> int:
+    return sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_global_amount_counts_channels_when_classes_span_different_filter_counts():
+    torch.manual_seed(0)
+    model = _Stream().eval()
+    pruned = prune_channels(model, X, ChannelPruneConfig(criterion="l1", amount=0.5))
+    # half of the 56 prunable filters; counting classes (20 of 40) took 20 hidden filters only
+    assert _filters(model) - _filters(pruned) == 28
+    assert sum(c.out_channels for c in pruned.hidden) == 4  # the lowest-scored: 28 of 32
+    assert pruned.stem.out_channels == 8 and pruned(X).shape == (2, 5)
+
+
+def test_global_takes_the_next_ranked_classes_when_the_floor_stops_the_lowest():
+    torch.manual_seed(0)
+    model = _chain((3, 4, 32, 5)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(0.01)  # the narrow layer's 4 filters rank lowest
+    pruned = prune_channels(model, X, ChannelPruneConfig(criterion="l1", amount=0.5))
+    assert [c.out_channels for c in _convs(pruned)] == [1, 17, 5]  # 18 of 36 all the same

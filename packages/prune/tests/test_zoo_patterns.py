@@ -336,7 +336,9 @@ class _GhostNet(nn.Module):
 def test_ghost_module_concat_and_slice_prunes_its_primary_conv_exactly() -> None:
     torch.manual_seed(0)
     model, x = _GhostNet(16).eval(), torch.randn(2, 3, 6, 6)
-    plan = plan_channels(model, x, L1)
+    # the squeeze-excite's hidden channels stay, so only the ghost module's are cut
+    config = ChannelPruneConfig(criterion="l1", amount=0.5, ignored_layers=("se_reduce",))
+    plan = plan_channels(model, x, config)
     pruned = apply_plan_(copy.deepcopy(model), plan)
     keep = list(plan.modules["ghost.primary"].out_idx)
     assert len(keep) < 8

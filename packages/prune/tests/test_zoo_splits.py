@@ -204,7 +204,8 @@ def test_rewritten_splits_are_rebuilt_from_the_stage_record(split_net) -> None:
 
     model, x = split_net, torch.randn(2, 3, 8, 8)
     stage = ChannelPruneStage(ChannelPruneStageConfig(
-        prune=ChannelPruneConfig(criterion="l1", amount=0.4), input_shape=(1, 3, 8, 8)))
+        prune=ChannelPruneConfig(criterion="l1", amount=0.4, scope="per_layer"),
+        input_shape=(1, 3, 8, 8)))
     pruned = stage.apply(copy.deepcopy(model))
     record = stage.describe()
     assert any("#split." in k for k in record["config"]["structure"])

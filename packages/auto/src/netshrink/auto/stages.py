@@ -41,7 +41,7 @@ from netshrink.auto.mixed import (
 )
 from netshrink.auto.sensitivity import SensitivityConfig, analyze_sensitivity
 from netshrink.core import Stage, check_float, check_int, register_stage
-from netshrink.prune import apply_plan_, apply_structure_, channel_structure
+from netshrink.prune import apply_plan_, apply_structure_, channel_structure, tensor_structure
 from netshrink.quant import (
     PRECISIONS,
     QuantConfig,
@@ -153,7 +153,9 @@ class AutoPruneStage(Stage):
         plan = pruner.plan(report.amounts)
         apply_plan_(model, plan)
         model.train(was_training)
-        self.record = {"structure": channel_structure(model, list(plan.modules)),
+        structure = channel_structure(model, list(plan.modules))
+        structure.update(tensor_structure(model, plan))  # cut layer scales, rewritten splits
+        self.record = {"structure": structure,
                        "amounts": {g: round(a, 6) for g, a in report.amounts.items()},
                        "search_seconds": round(time.perf_counter() - start, 3)}
         if report.latency is not None:

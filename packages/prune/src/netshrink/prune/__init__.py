@@ -66,6 +66,7 @@ from netshrink.prune.pruners import (
     LEAVES,
     MIN_FAN_IN,
     PRUNERS,
+    TRACED_FORWARDS,
     LayerPruner,
     find_pruner,
     list_pruners,
@@ -73,6 +74,7 @@ from netshrink.prune.pruners import (
     register_leaf_function,
     register_min_fan_in,
     register_pruner,
+    register_traced_forward,
     registered_pruner,
     unregister_pruner,
 )
@@ -80,14 +82,19 @@ from netshrink.prune.slicing import slice_channels as slice_channels
 from netshrink.prune.slicing import slice_channels_
 from netshrink.prune.slimming import SlimmingConfig, SlimmingStage, slimming_penalty
 from netshrink.prune.surgery import apply_plan as apply_plan
-from netshrink.prune.surgery import apply_plan_, apply_structure_, channel_structure
+from netshrink.prune.surgery import (
+    apply_plan_,
+    apply_structure_,
+    channel_structure,
+    tensor_structure,
+)
 from netshrink.prune.surgery import apply_structure as apply_structure
 from netshrink.prune.tracing import UntraceableModelError, trace
 
 __all__ = [
     "CRITERIA", "ChannelPlan", "ChannelPruneConfig", "ChannelPruneStage",
     "ChannelPruneStageConfig", "CriterionContext", "DependencyGraph", "LEAF_FUNCTIONS", "LEAVES",
-    "MIN_FAN_IN",
+    "MIN_FAN_IN", "TRACED_FORWARDS",
     "LayerPruner", "MODES", "MagnitudePruneConfig", "MagnitudePruneStage", "ModulePlan",
     "NonFiniteScoreError", "PRUNERS", "PruningBlockedError", "PruningBlockedWarning",
     "PruningGroup", "SCOPES", "SlimmingConfig", "SlimmingStage", "SparsePack",
@@ -96,8 +103,10 @@ __all__ = [
     "fpgm_scores", "ignored_classes", "l1_scores", "l2_scores", "list_criteria", "list_pruners",
     "magnitude_prune_", "mean_activation_scores", "pack_sparse", "plan_channels", "prune_channels",
     "random_scores", "register_criterion", "register_leaf", "register_leaf_function",
-    "register_min_fan_in", "register_pruner", "registered_pruner", "score_classes",
+    "register_min_fan_in", "register_pruner", "register_traced_forward", "registered_pruner",
+    "score_classes",
     "slice_channels_", "slimming_penalty",
-    "taylor_scores", "trace", "unpack_sparse", "unregister_criterion", "unregister_pruner",
+    "taylor_scores", "tensor_structure", "trace", "unpack_sparse", "unregister_criterion",
+    "unregister_pruner",
     "weight_sparsity", "zero_filters_",
 ]

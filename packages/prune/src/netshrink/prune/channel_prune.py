@@ -63,7 +63,9 @@ class ChannelPruneConfig:
     """How to prune channels.
 
     ``criterion``: a registered criterion (``list_criteria()``). ``amount``: fraction of the
-    prunable channels to remove, in [0, 1] (default 0.5). ``macs_target``: instead of an
+    prunable channels to remove, in [0, 1] (default 0.5; in global scope a channel group tied
+    across several layers, e.g. a residual stream, counts each of their filters, see
+    ``selection``). ``macs_target``: instead of an
     amount, the fraction of the model's MACs (on the example input) to keep, in (0, 1]: the
     amount is then searched (bisection) for the pruned model with the most MACs not above the
     target, so criteria and modes can be compared at the same cost; give one or the other.

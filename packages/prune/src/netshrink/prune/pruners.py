@@ -173,9 +173,11 @@ def get_pruner(module: nn.Module, name: str = "") -> LayerPruner:
 
 def is_registered_leaf(module: nn.Module) -> bool:
     """True when ``type(module)`` itself has a pruner or is a registered leaf (traced as one
-    fx node: its forward is not traced into)."""
+    fx node: its forward is not traced into); False for a type with a registered traced
+    forward (``register_traced_forward``), which is traced through that."""
     load_third_party()
-    return type(module) in PRUNERS or type(module) in LEAVES
+    kind = type(module)
+    return kind not in TRACED_FORWARDS and (kind in PRUNERS or kind in LEAVES)
 
 
 #: module types traced as fx leaves without a pruner of their own (a subclass of a registered
@@ -184,6 +186,12 @@ def is_registered_leaf(module: nn.Module) -> bool:
 LEAVES: set[type[nn.Module]] = set()
 #: functions fx calls as one node instead of tracing into (as ``torch.fx.wrap``).
 LEAF_FUNCTIONS: set[Callable[..., Any]] = set()
+#: module types traced through a stand-in forward ``fn(module, *args, **kwargs)`` instead of
+#: their own: a forward fx cannot trace only because it branches on the input's spatial size
+#: (which pruning never changes), e.g. timm VGG's ``ConvMlp`` head, which pools an input
+#: smaller than its kernel. The stand-in must compute the same; the module's own submodules
+#: then appear in the graph and prune as usual (a composite leaf would keep their channels).
+TRACED_FORWARDS: dict[type[nn.Module], Callable[..., Any]] = {}
 
 
 def register_leaf(module_type: type[nn.Module]) -> type[nn.Module]:
@@ -200,6 +208,20 @@ def register_leaf_function(fn: Callable[..., Any]) -> Callable[..., Any]:
         raise TypeError(f"register_leaf_function needs a function, got {fn!r}")
     LEAF_FUNCTIONS.add(fn)
     return fn
+
+
+def register_traced_forward(module_type: type[nn.Module], forward: Callable[..., Any]
+                            ) -> Callable[..., Any]:
+    """Trace ``module_type`` (exactly that type, leaf or not) through ``forward(module, *args,
+    **kwargs)``, an equivalent traceable forward (see ``TRACED_FORWARDS``); returns
+    ``forward``. The model itself keeps running its own forward."""
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"register_traced_forward needs an nn.Module subclass, got "
+                        f"{module_type!r}")
+    if not callable(forward):
+        raise TypeError(f"register_traced_forward needs a function, got {forward!r}")
+    TRACED_FORWARDS[module_type] = forward
+    return forward
 
 
 #: layer types that need at least this many weights per filter (its fan-in: input channels

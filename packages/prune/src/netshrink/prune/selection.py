@@ -5,12 +5,16 @@ important). Rules, in order:
 
 * pinned classes (model inputs/outputs, unknown ops, ignored layers, classes the criterion
   cannot score) are never dropped;
-* ``scope="global"`` drops the ``amount`` fraction of all prunable classes with the lowest
-  scores across the network (network slimming's global threshold); ``"per_layer"`` drops that
-  fraction inside every group of tied layers;
+* ``scope="global"`` drops the lowest-scored classes across the network (network slimming's
+  global threshold) until the ``amount`` fraction of the prunable *channels* is gone: a class
+  counts as many channels as the conv / linear filters that produce it (a class of a residual
+  stream spans every block of its stage, RepVGG's every branch of it), scaled so that a model
+  whose classes all span the same number of filters drops exactly that fraction of its classes;
+  ``"per_layer"`` drops that fraction of the classes inside every group of tied layers;
 * the floor: no producer ever keeps fewer than ``min_channels`` output channels, and a layer
   with a registered minimum fan-in (a weight-standardized conv, ``register_min_fan_in``)
-  keeps enough input channels for it;
+  keeps enough input channels for it; a class the floor stops is skipped and the next-ranked
+  ones are taken until the amount is met (or nothing prunable is left);
 * ``mode="normal"`` drops exactly that fraction (unless the floor stops it); a grouped conv
   whose groups bind nothing else loses whole groups (each kept group keeps its width, the
   group count falls); other classes bound by a grouped conv, channel shuffle or chunk are
@@ -51,6 +55,7 @@ def select_dropped(graph: DependencyGraph, scores: dict[int, float], *, amount: 
     blocked |= {c for c in candidates if c not in scores or not math.isfinite(scores[c])}
     bound = {c for blocks in graph.partitions for b in blocks for c in b}
     class_producers = _class_producers(graph)
+    filters = {c: max(1, sum(class_producers[c].values())) for c in candidates}
     remaining = {name: len(cs) for name, cs in graph.producers.items()}
     floors = dict.fromkeys(remaining, min_channels)
     whole: list[_Unit] = []
@@ -66,9 +71,11 @@ def select_dropped(graph: DependencyGraph, scores: dict[int, float], *, amount: 
     prunable = [c for c in candidates if c not in blocked or c in in_whole]
     _add_input_floors(graph, remaining, class_producers, floors, min_channels)
     dropped: set[int] = set()
-    if scope == "global":
+    if scope == "global":  # a class weighs its filters over the mean class's
+        mean = sum(filters[c] for c in prunable) / max(1, len(prunable))
+        weight = {c: filters[c] / mean for c in prunable}
         _greedy(units, round(amount * len(prunable)), remaining, class_producers,
-                floors, dropped)
+                floors, dropped, weight)
     else:
         group_of = {c: i for i, g in enumerate(graph.groups()) for c in g.classes}
         for u in whole:  # a conv's input and output groups go together: one group of layers
@@ -87,14 +94,16 @@ def select_dropped(graph: DependencyGraph, scores: dict[int, float], *, amount: 
 
 def _greedy(units: list[_Unit], target: int, remaining: dict[str, int],
             class_producers: dict[int, Counter], floors: dict[str, int],
-            dropped: set[int]) -> None:
-    """Drop the lowest-scored units until ``target`` classes are dropped, keeping the floors
-    (``floors``: holder -> channels it keeps at least) and taking each lattice's slots in rank
-    order."""
-    count = 0
+            dropped: set[int], weight: dict[int, float] | None = None) -> None:
+    """Drop the lowest-scored units until ``target`` classes are dropped (a class counting
+    ``weight[c]``, default 1), keeping the floors (``floors``: holder -> channels it keeps at
+    least; a unit they stop is skipped, the next ones are taken) and taking each lattice's slots
+    in rank order."""
+    count = 0.0
     slots_taken: dict[int, int] = defaultdict(int)
     for u in sorted(units, key=lambda u: (u.score, u.rank)):
-        if count + len(u.classes) > target:
+        size = len(u.classes) if weight is None else sum(weight[c] for c in u.classes)
+        if count + size > target + 1e-9:
             continue
         if u.lattice >= 0 and slots_taken[u.lattice] != u.rank:
             continue
@@ -106,7 +115,7 @@ def _greedy(units: list[_Unit], target: int, remaining: dict[str, int],
         for p, k in need.items():
             remaining[p] -= k
         dropped.update(u.classes)
-        count += len(u.classes)
+        count += size
         if u.lattice >= 0:
             slots_taken[u.lattice] += 1
 

@@ -12,6 +12,12 @@ exist then), the first trace or pruner look-up registers, once:
   forward (``LayerNorm``, ``LayerNormAct``, ``StdConv2d``, ``ScaledStdConv2d``);
 * a minimum fan-in of 2 for the weight-standardized convs (one weight has no standard
   deviation: ``pruners.register_min_fan_in``);
+* a traceable stand-in forward for VGG's ``ConvMlp`` head (``register_traced_forward``): its
+  forward pools an input smaller than its 7 x 7 kernel up to it, a branch on the spatial size
+  fx cannot trace, so as a "do not trace" leaf it held its two 4096-channel convs; the stand-in
+  always pools to ``max(kernel, size)`` (the identity when the input is large enough), so
+  ``fc1``'s outputs prune with ``fc2``'s inputs, its inputs with the features and its outputs
+  with the classifier;
 * per-channel pruners for channels-first norms and layer scales (``LayerNorm2d``,
   ``LayerNormAct2d``, ``LayerScale``, ``LayerScale2d``, ``FrozenBatchNormAct2d``) and for
   ConvNeXt-V2's ``GlobalResponseNorm`` (its statistics then cover the kept
@@ -25,6 +31,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+import torch
+import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 from netshrink.prune.pruners import (
@@ -33,6 +42,7 @@ from netshrink.prune.pruners import (
     register_leaf_function,
     register_min_fan_in,
     register_pruner,
+    register_traced_forward,
 )
 from netshrink.prune.slicing import channel_count, slice_channels_
 
@@ -48,6 +58,22 @@ TIMM_TRACED = ("NormFreeBlock",)
 #: timm per-channel layers: (name, channel_dim)
 TIMM_PER_CHANNEL = (("LayerNorm2d", 1), ("LayerNormAct2d", 1), ("LayerScale", -1),
                     ("LayerScale2d", 1), ("FrozenBatchNormAct2d", 1))
+
+
+def _pooled_size(height: int, width: int, kernel: int) -> tuple[int, int]:
+    """The size VGG's ``ConvMlp`` pools its input to: at least its kernel on each side."""
+    return max(kernel, height), max(kernel, width)
+
+
+torch.fx.wrap("_pooled_size")  # one graph node: the sizes are read when the graph runs
+
+
+def vgg_conv_mlp_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm VGG ``ConvMlp.forward`` without its branch on the input size: pooling to the
+    input's own size is the identity, so this computes the same for every input."""
+    size = _pooled_size(x.shape[-2], x.shape[-1], m.input_kernel_size)
+    x = F.adaptive_avg_pool2d(x, size)
+    return m.act2(m.fc2(m.drop(m.act1(m.fc1(x)))))
 
 
 def load() -> None:
@@ -82,6 +108,12 @@ def _load_timm() -> None:
         found = getattr(layers, name, None)
         if isinstance(found, type) and issubclass(found, nn.Conv2d):
             register_min_fan_in(found, 2)
+    try:  # VGG's head: traced through a stand-in (see the module docstring)
+        vgg_mlp = importlib.import_module("timm.models.vgg").ConvMlp
+    except (ImportError, AttributeError):
+        vgg_mlp = None
+    if isinstance(vgg_mlp, type) and issubclass(vgg_mlp, nn.Module):
+        register_traced_forward(vgg_mlp, vgg_conv_mlp_forward)
     for name, dim in TIMM_PER_CHANNEL:
         found = getattr(layers, name, None)
         if isinstance(found, type) and issubclass(found, nn.Module) and found not in PRUNERS:

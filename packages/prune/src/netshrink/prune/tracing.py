@@ -8,12 +8,18 @@ the original reason, so the user knows which module to rewrite or wrap.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch.fx
 from torch import nn
 
-from netshrink.prune.pruners import LEAF_FUNCTIONS, is_registered_leaf, load_third_party
+from netshrink.prune.pruners import (
+    LEAF_FUNCTIONS,
+    TRACED_FORWARDS,
+    is_registered_leaf,
+    load_third_party,
+)
 
 
 class UntraceableModelError(RuntimeError):
@@ -23,12 +29,15 @@ class UntraceableModelError(RuntimeError):
 class _NamingTracer(torch.fx.Tracer):
     """A default fx tracer that turns a failure inside a module into UntraceableModelError,
     and keeps modules whose type has a registered pruner or is a registered leaf (``pruners``)
-    as leaves."""
+    as leaves; a type with a registered traced forward is traced through that."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return is_registered_leaf(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        stand_in = TRACED_FORWARDS.get(type(m))
+        if stand_in is not None:
+            forward = functools.partial(stand_in, m)
         try:
             return super().call_module(m, forward, args, kwargs)
         except UntraceableModelError:

@@ -46,7 +46,7 @@ from torch import nn
 from netshrink.bench.data.dataset import load_dataset
 from netshrink.bench.data.synthetic import synthetic
 from netshrink.core import stage_from_description
-from netshrink.deploy import check_onnx, export_onnx, measure_paired, open_session
+from netshrink.deploy import check_onnx, export_onnx, measure_paired, opener_for_timing
 from netshrink.models import create_model
 from netshrink.quant import QuantConfig, quantize_
 
@@ -163,7 +163,7 @@ def test_onnx_trained_nin_qat_vs_ort_ptq(tmp_path, capsys) -> None:
     rows = {name: {"acc": _ort_accuracy(path, x_test, y_test),
                    "MB": path.stat().st_size / 2**20} for name, path in files.items()}
     # every file timed in the same rounds (alternating order), ratios within each round
-    sessions = {name: open_session("onnxruntime", path) for name, path in files.items()}
+    sessions = {name: opener_for_timing("onnxruntime", path) for name, path in files.items()}
     paired = measure_paired(sessions, tuple(x_test.shape[1:]), BATCHES,
                             rounds={1: (2 * ROUNDS, 5), 64: (max(ROUNDS // 2, 1), 2)})
     for name in files:

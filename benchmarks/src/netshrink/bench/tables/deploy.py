@@ -123,8 +123,10 @@ def measure_deployment(model: nn.Module, test: ImageData, run_dir: Path,
             entry["latency_ms"] = deploy.measure_latency(session, tuple(x.shape[1:]),
                                                          repeats=repeats)
         else:  # timed in rounds alternating with the float model's file: a steady ratio
+            del session  # only the sessions being timed may exist (measure_paired)
             paired = deploy.measure_paired(
-                {"float": deploy.open_session(name, float_file), "row": session},
+                {"float": deploy.opener_for_timing(name, float_file),
+                 "row": deploy.opener_for_timing(name, path)},
                 tuple(x.shape[1:]), rounds=PAIRED_ROUNDS, warmup=2)
             entry["latency_ms"] = paired.ms["row"]
             entry["paired"] = {"float_row": float_file.parent.name,

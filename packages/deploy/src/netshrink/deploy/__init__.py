@@ -24,6 +24,7 @@ from netshrink.deploy.runtimes import (
     measure_latency,
     measure_paired,
     open_session,
+    opener_for_timing,
     register_runtime,
     require_runtime,
     run_batched,
@@ -35,5 +36,5 @@ __all__ = ["DEFAULT_OPSET", "INTEGER_OPS", "PAIRED_ROUNDS", "RUNTIMES", "Agreeme
            "ExportError", "OnnxCheck", "PairedLatency", "QDQAdd", "QDQInput", "QDQLayer",
            "RuntimeNotInstalledError", "RuntimeSession", "check_onnx", "compare_logits",
            "deploy_copy", "export_onnx", "list_runtimes", "measure_latency", "measure_paired",
-           "open_session", "register_runtime", "require_runtime", "run_batched",
-           "runtime_available", "torch_logits"]
+           "open_session", "opener_for_timing", "register_runtime", "require_runtime",
+           "run_batched", "runtime_available", "torch_logits"]

@@ -30,6 +30,7 @@ ResNets"); no compile property turns that off.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import math
@@ -39,7 +40,7 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -356,12 +357,44 @@ class PairedLatency:
                 "rounds": self.rounds, "per_round": self.per_round}
 
 
+def _is_session(value: object) -> bool:
+    return callable(getattr(value, "run", None))
+
+
+def _timed_round(value: RuntimeSession | Callable[[], RuntimeSession], x: np.ndarray,
+                 runs: int, warmup: int) -> float:
+    """The median of ``runs`` timed runs (ms) of a session, or of a session newly opened by
+    ``value`` (warmed up first and dropped after: its threads exist only while it is timed)."""
+    session = value if _is_session(value) else value()
+    if not _is_session(value):
+        for _ in range(warmup):
+            session.run(x)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(x)
+        times.append(time.perf_counter() - start)
+    del session
+    return statistics.median(times) * 1e3
+
+
+def opener_for_timing(name: str, path: str | os.PathLike[str], *, threads: int | None = None
+                      ) -> RuntimeSession | Callable[[], RuntimeSession]:
+    """What ``measure_paired`` should time for runtime ``name`` and file ``path``: for ONNX
+    Runtime an opener (a new session per round: a live session's spinning worker threads slow
+    the other sessions, see ``measure_paired``), for the others one session (OpenVINO showed
+    no such effect here and compiles a file in 0.1-0.7 s, too slow to repeat per round)."""
+    if name == "onnxruntime":
+        return functools.partial(open_session, name, path, threads=threads)
+    return open_session(name, path, threads=threads)
+
+
 #: Default rounds and timed runs per session per round, by batch size (other sizes: 64's).
 PAIRED_ROUNDS: dict[int, tuple[int, int]] = {1: (15, 5), 64: (5, 2)}
 
 
-def measure_paired(sessions: dict[str, RuntimeSession], input_shape: Sequence[int],
-                   batch_sizes: Sequence[int] = (1, 64), *,
+def measure_paired(sessions: Mapping[str, RuntimeSession | Callable[[], RuntimeSession]],
+                   input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 64), *,
                    rounds: dict[int, tuple[int, int]] | None = None, warmup: int = 3,
                    seed: int = 0) -> PairedLatency:
     """Time ``sessions`` (the first is the reference) against each other in interleaved
@@ -371,7 +404,14 @@ def measure_paired(sessions: dict[str, RuntimeSession], input_shape: Sequence[in
     round. Why: on a shared machine the speed of the same file moves by +-20 % over seconds,
     so two medians taken one after the other give a ratio that moves as much; ratios within a
     round of a few milliseconds see the same machine. ``rounds``: batch size -> (rounds,
-    runs per round), default ``PAIRED_ROUNDS``; ``warmup`` untimed runs per session first."""
+    runs per round), default ``PAIRED_ROUNDS``; ``warmup`` untimed runs per session first.
+
+    A value may be an opener instead of a session (a function returning a new session, e.g.
+    ``functools.partial(open_session, "onnxruntime", path)``): it is opened for each round,
+    warmed up, timed and dropped, so only one session exists while it is timed. ONNX Runtime
+    needs that: the worker threads of a session that just ran keep spinning and slowed the
+    next session on 2 cores by up to 2x (nin float, batch 64: 12.7 ms alone, 27 ms alternating
+    with a second live session; ``opener_for_timing``)."""
     if not sessions:
         raise ValueError("measure_paired needs at least one session")
     check_int("warmup", warmup, min_value=0)
@@ -391,17 +431,13 @@ def measure_paired(sessions: dict[str, RuntimeSession], input_shape: Sequence[in
         key = f"batch{batch}"
         x = rng.standard_normal((batch, *input_shape), dtype=np.float32)
         for name in names:
-            for _ in range(warmup):
-                sessions[name].run(x)
+            if _is_session(sessions[name]):
+                for _ in range(warmup):
+                    sessions[name].run(x)
         medians: dict[str, list[float]] = {n: [] for n in names}
         for r in range(n_rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
-                session, times = sessions[name], []
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    session.run(x)
-                    times.append(time.perf_counter() - start)
-                medians[name].append(statistics.median(times) * 1e3)
+                medians[name].append(_timed_round(sessions[name], x, per_round, warmup))
         ref = medians[names[0]]
         for name in names:
             ratios = [a / b for a, b in zip(ref, medians[name], strict=True)]
@@ -418,5 +454,5 @@ def measure_paired(sessions: dict[str, RuntimeSession], input_shape: Sequence[in
 __all__ = ["PAIRED_ROUNDS", "RUNTIMES", "Agreement", "OnnxRuntimeSession", "OpenVinoSession",
            "PairedLatency", "RuntimeNotInstalledError", "RuntimeSession", "compare_logits",
            "list_runtimes", "measure_latency", "measure_paired", "open_session",
-           "register_runtime", "require_runtime", "run_batched", "runtime_available",
-           "torch_logits"]
+           "opener_for_timing", "register_runtime", "require_runtime", "run_batched",
+           "runtime_available", "torch_logits"]

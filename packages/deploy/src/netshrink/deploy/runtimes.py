@@ -327,13 +327,18 @@ def measure_latency(session: RuntimeSession, input_shape: Sequence[int],
         x = rng.standard_normal((batch, *input_shape), dtype=np.float32)
         for _ in range(warmup):
             session.run(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            session.run(x)
-            times.append(time.perf_counter() - start)
-        out[f"batch{batch}"] = statistics.median(times) * 1e3
+        out[f"batch{batch}"] = _median_ms(session, x, repeats)
     return out
+
+
+def _median_ms(session: RuntimeSession, x: np.ndarray, runs: int) -> float:
+    """The median wall time (ms) of ``runs`` runs of ``session`` on ``x``."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
 
 
 @dataclass(frozen=True)
@@ -369,13 +374,9 @@ def _timed_round(value: RuntimeSession | Callable[[], RuntimeSession], x: np.nda
     if not _is_session(value):
         for _ in range(warmup):
             session.run(x)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(x)
-        times.append(time.perf_counter() - start)
+    ms = _median_ms(session, x, runs)
     del session
-    return statistics.median(times) * 1e3
+    return ms
 
 
 def opener_for_timing(name: str, path: str | os.PathLike[str], *, threads: int | None = None

@@ -122,6 +122,9 @@ class RuntimeSession(ABC):
     #: The importable package the runtime needs, and the extra that installs it.
     package: ClassVar[str] = ""
     extra: ClassVar[str | None] = None
+    #: Timed through a new session per round (``opener_for_timing``): a live session of this
+    #: runtime slows the others (ONNX Runtime's spinning worker threads).
+    reopen_for_timing: ClassVar[bool] = False
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
         self.path = Path(path)
@@ -165,6 +168,7 @@ class OnnxRuntimeSession(RuntimeSession):
     """ONNX Runtime's CPU execution provider at its default (highest) optimization level."""
 
     package = "onnxruntime"
+    reopen_for_timing = True
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
         super().__init__(path, threads=threads)
@@ -381,11 +385,13 @@ def _timed_round(value: RuntimeSession | Callable[[], RuntimeSession], x: np.nda
 
 def opener_for_timing(name: str, path: str | os.PathLike[str], *, threads: int | None = None
                       ) -> RuntimeSession | Callable[[], RuntimeSession]:
-    """What ``measure_paired`` should time for runtime ``name`` and file ``path``: for ONNX
-    Runtime an opener (a new session per round: a live session's spinning worker threads slow
-    the other sessions, see ``measure_paired``), for the others one session (OpenVINO showed
-    no such effect here and compiles a file in 0.1-0.7 s, too slow to repeat per round)."""
-    if name == "onnxruntime":
+    """What ``measure_paired`` should time for runtime ``name`` and file ``path``: an opener
+    (a new session per round) for a runtime whose live sessions slow each other
+    (``RuntimeSession.reopen_for_timing``: ONNX Runtime, whose worker threads keep spinning
+    after a run), else one session (OpenVINO showed no such effect here and compiles a file in
+    0.1-0.7 s, too slow to repeat per round)."""
+    _check_name(name)
+    if RUNTIMES[name].reopen_for_timing:
         return functools.partial(open_session, name, path, threads=threads)
     return open_session(name, path, threads=threads)
 

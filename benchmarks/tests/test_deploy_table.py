@@ -119,9 +119,10 @@ def test_deploy_rows_are_exported_measured_and_reported(tmp_path: Path):
         assert set(ort["latency_ms"]) == {"batch1", "batch64"}
     assert results[0]["metrics"]["deploy"]["runtimes"]["onnxruntime"]["integer_layers"] == {}
     assert results[1]["metrics"]["deploy"]["runtimes"]["onnxruntime"]["integer_layers"]
-    # int8 weights: the file is smaller than the float one (a tiny model: the graph counts)
+    # int8 weights: the file is smaller than the float one (a tiny model: the graph counts,
+    # and its 12- and 14-channel convs are padded to 16: netshrink.deploy.align)
     assert results[1]["metrics"]["deploy"]["file_bytes"] < \
-        0.8 * results[0]["metrics"]["deploy"]["file_bytes"]
+        0.85 * results[0]["metrics"]["deploy"]["file_bytes"]
     text = markdown({r["row"]: r for r in results}, table)
     assert text == deploy_markdown({r["row"]: r for r in results}, table)
     lines = [ln for ln in text.splitlines() if ln.startswith("| float") or

@@ -9,6 +9,7 @@ Depends on netshrink-core, torch, onnx and onnxruntime; never on netshrink-quant
 layers describe themselves through ``netshrink.core.HasIntegerForm``.
 """
 
+from netshrink.deploy.align import MLAS_X86, ChannelAlignment, align_channels
 from netshrink.deploy.check import INTEGER_OPS, OnnxCheck, check_onnx
 from netshrink.deploy.export import DEFAULT_OPSET, ExportError, deploy_copy, export_onnx
 from netshrink.deploy.qdq import QDQAdd, QDQInput, QDQLayer
@@ -32,9 +33,10 @@ from netshrink.deploy.runtimes import (
     torch_logits,
 )
 
-__all__ = ["DEFAULT_OPSET", "INTEGER_OPS", "PAIRED_ROUNDS", "RUNTIMES", "Agreement",
-           "ExportError", "OnnxCheck", "PairedLatency", "QDQAdd", "QDQInput", "QDQLayer",
-           "RuntimeNotInstalledError", "RuntimeSession", "check_onnx", "compare_logits",
-           "deploy_copy", "export_onnx", "list_runtimes", "measure_latency", "measure_paired",
-           "open_session", "opener_for_timing", "register_runtime", "require_runtime",
-           "run_batched", "runtime_available", "torch_logits"]
+__all__ = ["DEFAULT_OPSET", "INTEGER_OPS", "MLAS_X86", "PAIRED_ROUNDS", "RUNTIMES", "Agreement",
+           "ChannelAlignment", "ExportError", "OnnxCheck", "PairedLatency", "QDQAdd", "QDQInput",
+           "QDQLayer", "RuntimeNotInstalledError", "RuntimeSession", "align_channels",
+           "check_onnx", "compare_logits", "deploy_copy", "export_onnx", "list_runtimes",
+           "measure_latency", "measure_paired", "open_session", "opener_for_timing",
+           "register_runtime", "require_runtime", "run_batched", "runtime_available",
+           "torch_logits"]

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from netshrink.core import HasAddForm, HasIntegerForm, check_int, write_atomic
+from netshrink.deploy.align import MLAS_X86, ChannelAlignment, align_channels
 from netshrink.deploy.fold import fuse_for_integer_kernels
 from netshrink.deploy.qdq import QDQAdd, QDQLayer
 
@@ -47,7 +48,8 @@ class ExportError(RuntimeError):
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike[str], *,
                 opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
-                integer_kernels: bool = True) -> Path:
+                integer_kernels: bool = True,
+                align: ChannelAlignment | None = MLAS_X86) -> Path:
     """Write ``model`` (evaluated in eval mode; the model itself is not changed) as ONNX to
     ``path`` and return the path. ``example_input``: one input batch (its shape, but for the
     batch dimension when ``dynamic_batch``, is fixed in the file). Raises ``ExportError``
@@ -55,7 +57,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
     ``integer_kernels``: rewrite the QDQ graph so that ONNX Runtime fuses it into integer
     kernels (``netshrink.deploy.fold``: epilogues and BatchNorms folded into the conv, k-bit
     Clips and binary signs moved onto the uint8 codes); False keeps the layer-by-layer
-    export (exact, but ORT keeps those convs float)."""
+    export (exact, but ORT keeps those convs float). ``align``: with ``integer_kernels``, pad
+    the integer convs' channels with zero weights to these counts (``netshrink.deploy.align``:
+    the same function, run by ONNX Runtime's fast int8 conv); None leaves them as they are."""
     check_int("opset", opset, min_value=DEFAULT_OPSET)
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
         raise ExportError(f"example_input must be a tensor with a batch dimension, got "
@@ -72,6 +76,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
     proto = program.model_proto
     if integer_kernels:
         proto = fuse_for_integer_kernels(proto)
+        if align is not None:
+            align_channels(proto, align)
     try:
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,

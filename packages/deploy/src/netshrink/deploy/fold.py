@@ -89,7 +89,7 @@ class _Graph:
             name = f"{hint}_folded_{next(self._ids)}"
         tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
         self.graph.initializer.append(tensor)
-        self.inits[name] = tensor
+        self.inits[name] = self.graph.initializer[-1]  # (append stored a copy)
         return name
 
     def new_name(self, hint: str) -> str:

@@ -12,12 +12,13 @@ for NETSHRINK_BENCH_QAT_EPOCHS epochs (default 1): int8 QAT (``scheme="int8_affi
 conv quantized, as ``quantize_static`` does), W4A4 (first and last layer float, the
 ``QuantConfig`` default) and binary weights and activations. The pruned rows: 50 % of every
 layer's channels removed (L1 norm, per layer, the smoke table's recipe), fine-tuned as long,
-then (a copy) int8 QAT as above. ``quantize_static`` (QDQ,
+then (a copy) int8 QAT as above, exported twice: with the default channel alignment
+(``netshrink.deploy.align``) and with ``align=None``. ``quantize_static`` (QDQ,
 per-channel int8 weights, uint8 activations) calibrates on 512 training images. Accuracy is
 ONNX Runtime's on the test images; latency at batch 1 and 64 with ORT's default threads and
 optimization level, every file timed in the same interleaved rounds
 (``netshrink.deploy.measure_paired``: batch 1 2 x NETSHRINK_BENCH_ROUNDS rounds of 5 runs,
-batch 64 NETSHRINK_BENCH_ROUNDS / 2 rounds of 2), the speed-ups the medians of the ratios
+batch 64 NETSHRINK_BENCH_ROUNDS rounds of 2), the speed-ups the medians of the ratios
 within each round (steady to a few percent on a shared machine, where two medians taken one
 after the other moved by +-20 %). Prints one table with ratios to ORT float; asserts no time,
 only that the int8 exports run QLinearConv and agree with PyTorch on >= 99 % of the test images.
@@ -151,6 +152,11 @@ def test_onnx_trained_nin_qat_vs_ort_ptq(tmp_path, capsys) -> None:
         files[name] = path
         checks[name] = check_onnx(path, qmodel, x_test, y_test)
         torch_acc[name] = checks[name].torch_accuracy
+        if name == "netshrink pruned 50% + int8":  # the same model, channels as pruned
+            plain = f"{name} (align=None)"
+            files[plain] = export_onnx(qmodel, example, tmp_path / "plain.onnx", align=None)
+            checks[plain] = check_onnx(files[plain], qmodel, x_test, y_test)
+            torch_acc[plain] = checks[plain].torch_accuracy
     t_qat = time.perf_counter() - t0
     with torch.no_grad():
         torch_acc["ORT float"] = float((model(x_test).argmax(1) == y_test).float().mean())
@@ -162,10 +168,13 @@ def test_onnx_trained_nin_qat_vs_ort_ptq(tmp_path, capsys) -> None:
 
     rows = {name: {"acc": _ort_accuracy(path, x_test, y_test),
                    "MB": path.stat().st_size / 2**20} for name, path in files.items()}
+    # channel alignment computes the same function
+    assert rows["netshrink pruned 50% + int8"]["acc"] == \
+        rows["netshrink pruned 50% + int8 (align=None)"]["acc"]
     # every file timed in the same rounds (alternating order), ratios within each round
     sessions = {name: opener_for_timing("onnxruntime", path) for name, path in files.items()}
     paired = measure_paired(sessions, tuple(x_test.shape[1:]), BATCHES,
-                            rounds={1: (2 * ROUNDS, 5), 64: (max(ROUNDS // 2, 1), 2)})
+                            rounds={1: (2 * ROUNDS, 5), 64: (ROUNDS, 2)})
     for name in files:
         for batch in BATCHES:
             rows[name][batch] = paired.ms[name][f"batch{batch}"]
@@ -181,13 +190,13 @@ def test_onnx_trained_nin_qat_vs_ort_ptq(tmp_path, capsys) -> None:
               f"runs, batch 64: {paired.rounds['batch64']} of {paired.per_round['batch64']}); "
               "x: the median of the per-round ratios to ORT float, +-: their interquartile "
               "range / median")
-        print(f"{'model':<26} {'ORT acc':>8} {'torch acc':>9} {'agree':>6} {'MB':>6} "
+        print(f"{'model':<40} {'ORT acc':>8} {'torch acc':>9} {'agree':>6} {'MB':>6} "
               f"{'b1 ms':>8} {'x':>6} {'+-':>5} {'b64 ms':>8} {'x':>6} {'+-':>5}  "
               "integer kernels")
         for name, r in rows.items():
             c = checks.get(name)
             t_acc = torch_acc.get(name)
-            print(f"{name:<26} {r['acc']:>8.4f} "
+            print(f"{name:<40} {r['acc']:>8.4f} "
                   f"{'-' if t_acc is None else f'{t_acc:.4f}':>9} "
                   f"{'-' if c is None else f'{c.agreement:.3f}':>6} {r['MB']:>6.3f} "
                   f"{r[1]:>8.2f} {r['x1']:>5.2f}x {r['spread1']:>5.2f} "

@@ -32,11 +32,12 @@ from netshrink.deploy.runtimes import (
     runtime_available,
     torch_logits,
 )
+from netshrink.deploy.stem import MAX_UNROLLED_CHANNELS, unroll_stem
 
-__all__ = ["DEFAULT_OPSET", "INTEGER_OPS", "MLAS_X86", "PAIRED_ROUNDS", "RUNTIMES", "Agreement",
-           "ChannelAlignment", "ExportError", "OnnxCheck", "PairedLatency", "QDQAdd", "QDQInput",
-           "QDQLayer", "RuntimeNotInstalledError", "RuntimeSession", "align_channels",
-           "check_onnx", "compare_logits", "deploy_copy", "export_onnx", "list_runtimes",
-           "measure_latency", "measure_paired", "open_session", "opener_for_timing",
-           "register_runtime", "require_runtime", "run_batched", "runtime_available",
-           "torch_logits"]
+__all__ = ["DEFAULT_OPSET", "INTEGER_OPS", "MAX_UNROLLED_CHANNELS", "MLAS_X86",
+           "PAIRED_ROUNDS", "RUNTIMES", "Agreement", "ChannelAlignment", "ExportError",
+           "OnnxCheck", "PairedLatency", "QDQAdd", "QDQInput", "QDQLayer",
+           "RuntimeNotInstalledError", "RuntimeSession", "align_channels", "check_onnx",
+           "compare_logits", "deploy_copy", "export_onnx", "list_runtimes", "measure_latency",
+           "measure_paired", "open_session", "opener_for_timing", "register_runtime",
+           "require_runtime", "run_batched", "runtime_available", "torch_logits", "unroll_stem"]

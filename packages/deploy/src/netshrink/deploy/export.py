@@ -34,6 +34,7 @@ from netshrink.core import HasAddForm, HasIntegerForm, check_int, write_atomic
 from netshrink.deploy.align import MLAS_X86, ChannelAlignment, align_channels
 from netshrink.deploy.fold import fuse_for_integer_kernels
 from netshrink.deploy.qdq import QDQAdd, QDQLayer
+from netshrink.deploy.stem import unroll_stem
 
 #: Default ONNX opset (QuantizeLinear / DequantizeLinear with per-axis scales need >= 13;
 #: 21 is what the QDQ nodes are written for).
@@ -59,7 +60,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
     Clips and binary signs moved onto the uint8 codes); False keeps the layer-by-layer
     export (exact, but ORT keeps those convs float). ``align``: with ``integer_kernels``, pad
     the integer convs' channels with zero weights to these counts (``netshrink.deploy.align``:
-    the same function, run by ONNX Runtime's fast int8 conv); None leaves them as they are."""
+    the same function, run by ONNX Runtime's fast int8 conv) and unroll an int8 stem conv's
+    kernel rows into channels (``netshrink.deploy.stem``); None leaves the convs as they are."""
     check_int("opset", opset, min_value=DEFAULT_OPSET)
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
         raise ExportError(f"example_input must be a tensor with a batch dimension, got "
@@ -78,6 +80,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
         proto = fuse_for_integer_kernels(proto)
         if align is not None:
             align_channels(proto, align)
+            unroll_stem(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,

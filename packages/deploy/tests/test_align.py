@@ -258,7 +258,7 @@ def test_stem_rows_unrolled_into_channels_compute_exactly_the_same(tmp_path):
     onnx.checker.check_model(after, full_check=True)
     conv = next(n for n in after.graph.node if n.op_type == "Conv")
     attrs = {a.name: list(helper.get_attribute_value(a)) for a in conv.attribute}
-    assert attrs["pads"] == [0, 0, 0, 0] and attrs["strides"] == [1, 1]
+    assert attrs["pads"] == [0, 2, 0, 2] and attrs["strides"] == [1, 1]  # height: the Pad
     ops = [n.op_type for n in after.graph.node]
     assert ops.count("Slice") == 5 and ops.count("Concat") == 1 and ops.count("Pad") == 1
     pad = next(n for n in after.graph.node if n.op_type == "Pad")

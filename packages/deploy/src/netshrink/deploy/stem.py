@@ -8,11 +8,12 @@ multiply-adds there, so with 4 channels the pointer walking dominates: NIN's 5x5
 channels) took 3.0 ms of 6.7 at batch 64, as long as the same conv in float.
 
 ``unroll_stem`` rewrites such a conv ``KH x KW`` over ``C`` channels into a ``1 x KW`` conv over
-``KH * C`` channels: the quantized image is padded once (uint8, with the input's zero point, as
-the conv's own zero padding would read it), ``KH`` row-shifted views of it (``Slice`` along the
-height, step = the stride) are concatenated along the channels, and the weights are rearranged
-to match (``w'[m, dy * C + c, 0, dx] = w[m, c, dy, dx]``). Every output is the same sum of the
-same integer products; only the kernel positions per pixel drop from ``KH * KW`` to ``KW``.
+``KH * C`` channels: the quantized image's height is padded once (uint8, with the input's zero
+point, as the conv's own zero padding would read it), ``KH`` row-shifted views of it
+(``Slice`` along the height, step = the stride) are concatenated along the channels, and the
+weights are rearranged to match (``w'[m, dy * C + c, 0, dx] = w[m, c, dy, dx]``). Every output
+is the same sum of the same integer products; only the kernel positions per pixel drop from
+``KH * KW`` to ``KW``.
 The copies cost a little (the Slices, Concat and a larger NCHW -> NHWC transpose before the
 conv); measured on NIN (width 0.25, pruned 50 % + int8, batch 64, ORT): stem conv 3.0 -> 1.4 ms,
 the whole net x2.57 -> x3.05 over ORT float in one paired run.
@@ -92,8 +93,9 @@ def _unroll(g: _Graph, conv: onnx.NodeProto, inputs: dict[str, onnx.ValueInfoPro
     if rows < 1:
         return False
     # one uint8 Pad after Q: the channels align added (zero weights read them) and the
-    # conv's own zero padding, with the input's zero point (what QLinearConv pads with)
-    new_pads = [0, 0, pads[0], pads[1], 0, c - stored_channels.dim_value, pads[2], pads[3]]
+    # conv's zero padding of the height, with the input's zero point (what QLinearConv pads
+    # with); the conv keeps padding the width itself (a smaller tensor to slice and copy)
+    new_pads = [0, 0, pads[0], 0, 0, c - stored_channels.dim_value, pads[2], 0]
     nodes = g.graph.node
     if channel_pad is not None:
         nodes.remove(channel_pad)
@@ -124,7 +126,7 @@ def _unroll(g: _Graph, conv: onnx.NodeProto, inputs: dict[str, onnx.ValueInfoPro
     if old_weight is not None and _weight(g, w_dq.input[0]) is not None:
         nodes.remove(old_weight)  # align's Pad of the stored weight: replaced as a whole
     w_dq.input[0] = g.add_const(np.ascontiguousarray(weights), "stem_codes")
-    _set_ints(conv, "pads", [0, 0, 0, 0])  # the Pad above did it
+    _set_ints(conv, "pads", [0, pads[1], 0, pads[3]])  # the Pad above padded the height
     _set_ints(conv, "strides", [1, strides[1]])
     if any(a.name == "kernel_shape" for a in conv.attribute):
         _set_ints(conv, "kernel_shape", [1, kw])

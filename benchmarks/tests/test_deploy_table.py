@@ -45,7 +45,13 @@ def test_deploy_table_reuses_the_other_tables_rows_and_measures_each_form():
                 assert by_name[row.name] == row, row.name
     new = [r.name for r in DEPLOY.rows
            if r.name not in {x.name for x in (*MICRONET.rows, *PRUNE.rows)}]
-    assert new == ["nin-pruned50-int8", "r18-int8", "r18-pruned-int8", "r18-wbin-abin"]
+    assert new == ["nin-int8-all", "nin-pruned50-int8", "r18-int8", "r18-pruned-int8",
+                   "r18-wbin-abin"]
+    # the int8 forms quantize every conv, the first and the last too, as deployment does
+    for name in new[:-1]:
+        (stage,) = by_name[name].stages
+        assert stage["config"] == {"w": 8, "a": 8, "scheme": "int8_affine", "first": "same",
+                                   "last": "same"}, name
     for arch in ("nin", "resnet18_cifar"):
         forms = {form for a, form, _ in FORMS.values() if a == arch}
         assert {"float", "int8 QAT", "binary W / A (int8 kernels)"} <= forms
@@ -153,7 +159,7 @@ def test_a_row_paired_with_its_float_file_reports_the_paired_speedup(tmp_path: P
     """A row timed in rounds alternating with its float model's file reports the median of
     the per-round ratios, not the ratio of two medians taken minutes apart."""
     results = {"nin-float": _measured(0.40, 40.0),
-               "nin-int8": _measured(0.25, 20.0, {"batch1": 1.93, "batch64": 2.21}),
+               "nin-int8-all": _measured(0.25, 20.0, {"batch1": 1.93, "batch64": 2.21}),
                "nin-pruned50": _measured(0.20, 10.0)}  # not paired: the ratio of medians
     lines = {ln.split(" | ")[1]: ln for ln in deploy_markdown(results, DEPLOY).splitlines()
              if ln.startswith("| nin")}
@@ -161,9 +167,9 @@ def test_a_row_paired_with_its_float_file_reports_the_paired_speedup(tmp_path: P
     assert "| 0.20 | x2.00 | 10.00 | x4.00 |" in lines["pruned 50% channels"]
     assert "| x1.00 |" in lines["float"]
     runs = tmp_path / "deploy"
-    assert _float_file(runs / "nin-int8") is None  # the float row's file is not written yet
+    assert _float_file(runs / "nin-int8-all") is None  # the float row's file is not written yet
     (runs / "nin-float").mkdir(parents=True)
     (runs / "nin-float" / ONNX_FILE).write_bytes(b"onnx")
-    assert _float_file(runs / "nin-int8") == runs / "nin-float" / ONNX_FILE
+    assert _float_file(runs / "nin-int8-all") == runs / "nin-float" / ONNX_FILE
     assert _float_file(runs / "nin-float") is None  # a float row is its own reference
     assert _float_file(runs / "not-a-deploy-row") is None

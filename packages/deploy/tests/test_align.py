@@ -208,24 +208,25 @@ def test_channel_alignment_counts_and_validation():
         ChannelAlignment(input_multiple=True)
     with pytest.raises(ValueError, match="max_growth=0.5"):
         ChannelAlignment(max_growth=0.5)
-    # growth capped at 1.5x by default: 8 -> 16 and 1 -> 4 stay; uncapped they pad
-    assert MLAS_X86.outputs(8) == 8 and MLAS_X86.inputs(1) == 1 and MLAS_X86.outputs(11) == 16
-    assert ChannelAlignment(max_growth=4).outputs(8) == 16
+    # growth capped at 2x by default: 7 -> 16 and 1 -> 4 stay, 8 -> 16 pads; at 1.5x 8 stays
+    assert MLAS_X86.outputs(8) == 16 and MLAS_X86.outputs(11) == 16
+    assert MLAS_X86.outputs(7) == 7 and MLAS_X86.inputs(1) == 1
+    assert ChannelAlignment(max_growth=1.5).outputs(8) == 8
     assert ChannelAlignment(max_growth=4).inputs(1) == 4
 
 
-@pytest.mark.slow
-def test_export_aligns_a_pruned_int8_nin_and_keeps_its_outputs(tmp_path):
-    """A NIN pruned to 12 / 20-channel layers, int8 QAT: the default export pads them (and the
-    RGB input to 4 channels) and ONNX Runtime gives the same logits as without padding."""
+def _pruned_int8_exports(tmp_path, arch: str, prune: dict) -> tuple[onnx.ModelProto,
+                                                                   onnx.ModelProto]:
+    """``arch`` at width 0.25 pruned by ``prune`` (a prune.channels config), int8 QAT with
+    every conv quantized (observers calibrated on random batches), exported with the default
+    alignment and with ``align=None``; ORT's outputs of the two are checked equal."""
     torch = pytest.importorskip("torch")
     models = pytest.importorskip("netshrink.models")
     quant = pytest.importorskip("netshrink.quant")
     core = pytest.importorskip("netshrink.core")
     torch.manual_seed(0)
-    model = models.create_model("nin", width=0.25)
-    pruned = core.stage_from_description({"kind": "prune.channels", "config": {"prune": {
-        "criterion": "l1", "amount": 0.5, "scope": "per_layer"}}}).apply(model)
+    pruned = core.stage_from_description({"kind": "prune.channels", "config": {
+        "prune": prune}}).apply(models.create_model(arch, width=0.25))
     qmodel = quant.quantize_(pruned, quant.QuantConfig(w=8, a=8, scheme="int8_affine",
                                                        first="same", last="same"))
     qmodel.train()
@@ -238,6 +239,15 @@ def test_export_aligns_a_pruned_int8_nin_and_keeps_its_outputs(tmp_path):
     plain = onnx.load(export_onnx(qmodel, example, tmp_path / "plain.onnx", align=None))
     x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(5)).numpy()
     np.testing.assert_array_equal(_run(aligned, x), _run(plain, x))
+    return aligned, plain
+
+
+@pytest.mark.slow
+def test_export_aligns_a_pruned_int8_nin_and_keeps_its_outputs(tmp_path):
+    """A NIN pruned to 12 / 20-channel layers, int8 QAT: the default export pads them (and the
+    RGB input to 4 channels) and ONNX Runtime gives the same logits as without padding."""
+    aligned, plain = _pruned_int8_exports(
+        tmp_path, "nin", {"criterion": "l1", "amount": 0.5, "scope": "per_layer"})
     counts = _conv_channels(aligned)
     assert counts[0][1] == 4 * 5  # the RGB input padded to 4, the stem's 5 rows unrolled
     # every conv ORT fuses (all but the last, whose output stays float) is aligned
@@ -247,6 +257,23 @@ def test_export_aligns_a_pruned_int8_nin_and_keeps_its_outputs(tmp_path):
     # Slice and Concat nodes add a few KB (36.6 -> 39.5 KB; weights stored padded: 40.2)
     sizes = [(tmp_path / f"{n}.onnx").stat().st_size for n in ("aligned", "plain")]
     assert sizes[0] < 1.1 * sizes[1], sizes
+
+
+@pytest.mark.slow
+def test_export_aligns_a_pruned_int8_resnet_through_its_residual_adds(tmp_path):
+    """ResNet-18 at width 0.25 pruned to 50 % of its MACs (multiples of 8) keeps 8 channels in
+    its first stage, whose convs meet in residual Adds: the export pads the stem, the blocks'
+    convs and the Adds' other inputs together to 16, and ONNX Runtime gives the same logits
+    as without padding."""
+    aligned, plain = _pruned_int8_exports(
+        tmp_path, "resnet18_cifar", {"criterion": "l1", "mode": "regular", "round_to": 8,
+                                     "scope": "per_layer", "macs_target": 0.5})
+    before, after = _conv_channels(plain), _conv_channels(aligned)
+    assert before[:5] == [(8, 3)] + [(8, 8)] * 4  # the stem and the first stage's 4 convs
+    assert after[:5] == [(16, 4 * 3)] + [(16, 16)] * 4  # (the stem's 3 rows unrolled)
+    assert all(o % 8 == 0 and o >= 16 and i % 4 == 0 for o, i in after), after
+    ops = _optimized_ops(aligned, tmp_path)
+    assert ops.count("QLinearConv") == len(after) and ops.count("QLinearAdd") == 8, ops
 
 
 def test_stem_rows_unrolled_into_channels_compute_exactly_the_same(tmp_path):
@@ -283,3 +310,64 @@ def test_stems_left_alone():
     wide = _model(channels=32)  # 5 x 32 channels: MLAS's conv is efficient already
     assert unroll_stem(wide) == 0
     assert unroll_stem(_model(), max_channels=10) == 0
+
+
+def _residual_model(identity: str = "stem") -> onnx.ModelProto:
+    """stem a (3 -> 12) -> block b -> c (3x3, 12 channels) -> requantized -> Add -> Relu ->
+    d (12 -> 10, float output) -> global average pool. ``identity``: the Add's other input:
+    "stem" the stem's (requantized) output, a residual block; "constant" a per-channel
+    constant (the padded channels would leave the Add as that constant: no padding)."""
+    rng = np.random.default_rng(2)
+    nodes: list = []
+    inits: list = []
+    a = _conv(nodes, inits, "a", "input", 3, 12, 3, rng, x_zero_point=128)
+    b = _conv(nodes, inits, "b", a, 12, 12, 3, rng)
+    c = _conv(nodes, inits, "c", b, 12, 12, 3, rng, relu=False)
+    inits += [numpy_helper.from_array(np.array(0.1, np.float32), "cq_s"),
+              numpy_helper.from_array(np.array(128, np.uint8), "cq_z"),
+              numpy_helper.from_array(rng.standard_normal((1, 12, 1, 1)).astype(np.float32),
+                                      "k")]
+    nodes += [helper.make_node("QuantizeLinear", [c, "cq_s", "cq_z"], ["cq"]),
+              helper.make_node("DequantizeLinear", ["cq", "cq_s", "cq_z"], ["cd"]),
+              helper.make_node("Add", ["cd", "b_xd" if identity == "stem" else "k"], ["sum"]),
+              helper.make_node("Relu", ["sum"], ["sum_r"])]
+    d = _conv(nodes, inits, "d", "sum_r", 12, 10, 1, rng, relu=False)
+    nodes += [helper.make_node("GlobalAveragePool", [d], ["gap"]),
+              helper.make_node("Flatten", ["gap"], ["output"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                   ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_residual_add_pads_both_its_inputs_convs_together(tmp_path):
+    """The stem's output and the block's last conv meet in an Add: both are padded 12 -> 16
+    (the same channels), and every conv reading the sum or the stem's output gets zero input
+    weights; ONNX Runtime gives the same outputs and still fuses the Add (QLinearAdd)."""
+    before, after = _residual_model(), _residual_model()
+    assert align_channels(after) == {"outputs": 2, "inputs": 1}
+    onnx.checker.check_model(after, full_check=True)
+    assert _shape(after, "a_w") == (16, 4, 3, 3)  # and the RGB input 3 -> 4
+    assert _shape(after, "b_w") == (16, 16, 3, 3)  # its own output, and the stem's input
+    assert _shape(after, "c_w") == (16, 16, 3, 3)  # padded with a, not on its own
+    assert _shape(after, "d_w") == (10, 16, 1, 1)  # reads the sum
+    assert not _value(after, "c_w")[12:].any() and not _value(after, "d_w")[:, 12:].any()
+    assert not _value(after, "c_b")[12:].any() and (_value(after, "c_ws")[12:] > 0).all()
+    ops = _optimized_ops(after, tmp_path)
+    assert ops.count("QLinearConv") == 3 and ops.count("QLinearAdd") == 1, ops
+    x = _images()
+    np.testing.assert_array_equal(_run(after, x), _run(before, x))
+
+
+def test_an_add_of_a_constant_stops_the_padding():
+    """Adding a per-channel constant would make the padded channels nonzero: the block's last
+    conv keeps its 12 outputs; the stem (read only by the block's first conv) is padded."""
+    model = _residual_model("constant")
+    align_channels(model)
+    assert _shape(model, "c_w") == (12, 16, 3, 3) and _shape(model, "d_w") == (10, 12, 1, 1)
+    assert _shape(model, "a_w") == (16, 4, 3, 3)
+    x = _images()
+    np.testing.assert_array_equal(_run(model, x), _run(_residual_model("constant"), x))

@@ -15,9 +15,11 @@ fuses into a QLinearConv meets those counts, computing the same function:
 
 * output channels: the conv gains output channels with all-zero weights and zero bias; their
   values (0, then through Relu / MaxPool / Q / DQ, which act per channel, 0 again) reach only
-  convs, which gain matching input channels with zero weights, so they add nothing. Done only
-  when every path from the conv reaches convs through such per-channel ops alone (a Flatten,
-  an Add, a Concat or the graph output stops it: their consumers would see the new channels);
+  convs, which gain matching input channels with zero weights, so they add nothing. Where an
+  Add sums the conv's output with other tensors (a residual block), those tensors' convs are
+  padded the same way, together (``_channel_group``): 0 + 0 stays 0. Done only when every
+  path reaches convs through such ops alone (a Flatten, a Concat, an Add of a constant or of
+  a float tensor, the graph output stops it: their consumers would see the new channels);
 * input channels of the network's input (3, RGB) where a conv reads it: a ``Pad`` with zeros
   on the float input before the conv's QuantizeLinear, and zero weights for the new channels
   (inside the network such a Pad would copy a whole activation; there only producing convs
@@ -26,11 +28,15 @@ fuses into a QLinearConv meets those counts, computing the same function:
 The file keeps the weights as they were: a ``Pad`` node on a stored weight adds the zeros and
 the runtimes fold it when they load the file (ONNX Runtime still fuses the conv: tested);
 zeros smaller than such a node are stored. The runtime does the padded channels'
-multiply-adds; a count grows at most ``max_growth`` times (1.5: 3 -> 4, 12 -> 16, 20 -> 24).
+multiply-adds; a count grows at most ``max_growth`` times (2: 3 -> 4, 8 -> 16, 12 -> 16).
 NIN at width 0.25 pruned 50 % + int8 (every conv quantized) in ONNX Runtime at batch 64: its
 12-channel conv and the max-pool after it ran 3x faster, the whole net 1.3x, in the same
-function (``benchmarks/micro/test_onnx_latency.py``). OpenVINO reads the same file; the zero
-channels cost it their multiply-adds.
+function (``benchmarks/micro/test_onnx_latency.py``). ResNet-18 at width 0.25 pruned to 50 %
+of its MACs (multiples of 8) keeps 8 channels in its first stage: its four 3x3 convs at
+32 x 32, joined by residual Adds, and the stem. Padded to 16 (growth 2) the four ran in 2.1-2.3
+ms each at batch 64 instead of 3.3, the stem in 1.1 instead of 2.0, the whole int8 net in 19.2
+ms instead of 24.6 (one ORT profile each; 26.3 unaligned). OpenVINO reads the same file; the
+zero channels cost it their multiply-adds.
 """
 
 from __future__ import annotations
@@ -61,12 +67,12 @@ class ChannelAlignment:
     int8 conv needs on every x86 CPU it dispatches to (AVX2's 8-channel output alignment is
     the widest); ``None`` in ``export_onnx`` turns padding off. ``max_growth``: a count is
     left as it is when padding would multiply it by more (the padded channels' multiply-adds
-    run: 12 -> 16 channels is worth it, 4 -> 16 in a tiny model not obviously)."""
+    run: 8 -> 16 channels was worth it in a pruned ResNet, 4 -> 16 is not obviously)."""
 
     input_multiple: int = 4
     output_multiple: int = 8
     output_min: int = 16
-    max_growth: float = 1.5
+    max_growth: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("input_multiple", "output_multiple", "output_min"):
@@ -202,12 +208,25 @@ def _pad_axis(array: np.ndarray, axis: int, new: int, value: float | int = 0) ->
     return np.pad(array, widths, constant_values=value)
 
 
-def _channel_consumers(g: _Graph, start: str) -> list[onnx.NodeProto] | None:
-    """The convs that ``start``'s channels reach through per-channel ops with scalar
-    parameters, each reading them as its input 0 with a weight of its own to pad; None if
-    any path goes elsewhere (another op, the graph output, a per-channel quantizer)."""
-    convs: list[onnx.NodeProto] = []
-    stack, seen = [start], set()
+@dataclass
+class _ChannelGroup:
+    """Tensors that must carry the same channels: a conv's output and what it reaches through
+    per-channel ops, joined by the Adds that sum them with other convs' outputs (a residual
+    block's identity path and its last conv). ``producers`` write them (padded together),
+    ``consumers`` read them as their input 0 (given matching zero input weights)."""
+
+    producers: list[onnx.NodeProto]
+    consumers: list[onnx.NodeProto]
+
+
+def _channel_group(g: _Graph, conv: onnx.NodeProto) -> _ChannelGroup | None:
+    """The channel group of ``conv``'s output (see ``_ChannelGroup``), followed forward and,
+    from an Add's other input, backward; None when a tensor of it meets anything but a
+    per-channel op with scalar parameters, an Add of two such tensors, or a conv that may be
+    padded (another op, a graph input or output, a constant, a per-channel quantizer)."""
+    producers: dict[int, onnx.NodeProto] = {}
+    consumers: dict[int, onnx.NodeProto] = {}
+    stack, seen = [conv.output[0]], set()
     while stack:
         name = stack.pop()
         if name in seen:
@@ -215,22 +234,49 @@ def _channel_consumers(g: _Graph, start: str) -> list[onnx.NodeProto] | None:
         seen.add(name)
         if name in g.outputs or not g.consumers.get(name):
             return None
+        source = g.producer.get(name)
+        if source is None:
+            return None  # a graph input or a constant
+        if source.op_type == "Conv":
+            if source.output[0] != name or not _integer_conv(g, source):
+                return None
+            producers[id(source)] = source
+        elif _per_channel_step(g, source):
+            stack.extend(source.input if source.op_type == "Add" else source.input[:1])
+        else:
+            return None
         for node in g.consumers[name]:
             if node.op_type == "Conv":
                 if node.input[0] != name or name in node.input[1:] or \
                         int(_attr(node, "group", 1)) != 1 or not _own_weight(g, node):
                     return None
-                convs.append(node)
-                continue
-            if node.op_type not in _PER_CHANNEL or node.input[0] != name or \
-                    name in node.input[1:] or len([o for o in node.output if o]) != 1:
-                return None
-            for other in node.input[1:]:
-                value = g.const(other) if other else np.zeros(())
-                if value is None or value.size != 1:
+                consumers[id(node)] = node
+            elif _per_channel_step(g, node):
+                if node.op_type == "Add":
+                    stack.extend(node.input)
+                elif node.input[0] != name:
                     return None
-            stack.append(node.output[0])
-    return convs
+                stack.append(node.output[0])
+            else:
+                return None
+    return _ChannelGroup(list(producers.values()), list(consumers.values()))
+
+
+def _per_channel_step(g: _Graph, node: onnx.NodeProto) -> bool:
+    """Whether ``node`` maps its input 0 to its one output channel by channel, its other
+    inputs scalar constants (a per-tensor Q / DQ, Relu, a pool), so zero channels stay zero.
+    An Add qualifies separately (both inputs in the group)."""
+    if node.op_type == "Add":
+        return len(node.input) == 2 and all(i and g.const(i) is None for i in node.input) \
+            and len([o for o in node.output if o]) == 1
+    if node.op_type not in _PER_CHANNEL or len([o for o in node.output if o]) != 1 or \
+            node.input[0] in node.input[1:]:
+        return False
+    for other in node.input[1:]:
+        value = g.const(other) if other else np.zeros(())
+        if value is None or value.size != 1:
+            return False
+    return True
 
 
 def _own_weight(g: _Graph, conv: onnx.NodeProto) -> bool:
@@ -254,19 +300,40 @@ def _counts(g: _Graph, conv: onnx.NodeProto, axis: int,
 
 
 def _pad_outputs(g: _Graph, conv: onnx.NodeProto, alignment: ChannelAlignment) -> bool:
+    """Pad the output channels of ``conv`` and of every conv in its channel group (the same
+    count: an Add sums them) and the matching input channels of the convs reading them."""
     channels, new = _counts(g, conv, 0, alignment)
     if new == channels:
         return False
-    w_dq = g.producer[conv.input[1]]
-    consumers = _channel_consumers(g, conv.output[0])
-    if not consumers:
+    group = _channel_group(g, conv)
+    if group is None or not group.consumers or \
+            any(_weight_codes(g, p)[1].shape[0] != channels for p in group.producers):
         return False
+    fills = [_output_fills(g, producer, channels) for producer in group.producers]
+    if any(f is None for f in fills):
+        return False
+    for producer, producer_fills in zip(group.producers, fills, strict=True):
+        _pad_weight(g, g.producer[producer.input[1]].input[0], 0, new)
+        for name, fill in producer_fills:
+            value = g.const(name)
+            if value.ndim == 1:
+                _set_const(g, name, _pad_axis(value, 0, new, fill))
+    for consumer in group.consumers:
+        _pad_weight_inputs(g, consumer, new)
+    return True
+
+
+def _output_fills(g: _Graph, conv: onnx.NodeProto,
+                  channels: int) -> list[tuple[str, float | int]] | None:
+    """The per-channel constants of integer conv ``conv`` that grow with its output channels,
+    each with the value of a padded channel (weight scales 1, positive as DequantizeLinear
+    requires; the bias scale s_in * 1; codes and zero points 0); None when one of them is
+    shared with another node or is not a per-channel vector of ``channels`` entries."""
+    w_dq = g.producer[conv.input[1]]
     x_scale = g.const(g.producer[conv.input[0]].input[1])
     if x_scale is None or x_scale.size != 1:
-        return False
-    # (constant, value of a padded channel): scales positive (as DequantizeLinear requires),
-    # the bias scale s_in * 1, codes and zero points 0
-    fills = [(w_dq.input[1], 1.0)]
+        return None
+    fills: list[tuple[str, float | int]] = [(w_dq.input[1], 1.0)]
     if len(w_dq.input) > 2 and w_dq.input[2]:
         fills.append((w_dq.input[2], 0))
     if len(conv.input) > 2 and conv.input[2]:
@@ -278,20 +345,13 @@ def _pad_outputs(g: _Graph, conv: onnx.NodeProto, alignment: ChannelAlignment) -
             fills += [(bias_dq.input[0], 0), (bias_dq.input[1], float(x_scale.reshape(()))),
                       (bias_dq.input[2], 0)]
         else:
-            return False
+            return None
     for name, _ in fills:
         value = g.const(name)
         if value is None or name not in g.inits or len(g.consumers.get(name, [])) != 1 or \
                 value.ndim > 1 or (value.ndim == 1 and value.shape[0] != channels):
-            return False
-    _pad_weight(g, w_dq.input[0], 0, new)
-    for name, fill in fills:
-        value = g.const(name)
-        if value.ndim == 1:
-            _set_const(g, name, _pad_axis(value, 0, new, fill))
-    for consumer in consumers:
-        _pad_weight_inputs(g, consumer, new)
-    return True
+            return None
+    return fills
 
 
 def _pad_input(g: _Graph, conv: onnx.NodeProto, alignment: ChannelAlignment) -> bool:

@@ -1,5 +1,5 @@
 """Profiles: the same table at three sizes. ``full`` is the published schedule (a GPU and the
-full dataset), ``quick`` fits ``--table all`` in about 30 minutes on a 2-core CPU (reduced width
+full dataset), ``quick`` runs ``--table all`` in 26-58 minutes on a 2-core CPU (reduced width
 and epochs; `make reproduce`), ``smoke`` is CI's few-minute check."""
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -78,6 +79,11 @@ class _Files:
         model, recipe = _with_stage(quantize(8, 8, scheme="int8_affine"))
         save_packed(model, self.dir / "int8.packed.safetensors")
         return save_model(self.dir / "int8.safetensors", model, recipe=recipe)
+
+    def _int8_all(self) -> Path:
+        model, recipe = _with_stage(quantize(8, 8, scheme="int8_affine", first="same",
+                                             last="same"))
+        return save_model(self.dir / "int8_all.safetensors", model, recipe=recipe)
 
     def _int8_packed(self) -> Path:
         self["int8"]  # writes both files
@@ -158,6 +164,22 @@ def test_int8_checkpoint_runs_integer_kernels_with_latency(files, float_export, 
 
 
 @pytest.mark.slow
+def test_no_align_writes_the_graph_as_exported(files, tmp_path):
+    """Every conv int8: the default export pads the RGB input to 4 channels and unrolls the
+    stem's rows (netshrink.deploy.align); --no-align leaves both out; both agree with PyTorch."""
+    nodes = {}
+    for flag in ("--align", "--no-align"):
+        out = tmp_path / f"{flag}.onnx"
+        r = _json(runner.invoke(app, ["export", str(files["int8_all"]), "--out", str(out),
+                                      *CHECK, "--no-latency", "--json", flag]))
+        assert r["ok"] is True and r["align"] is (flag == "--align"), r
+        assert r["runtimes"]["onnxruntime"]["integer_layers"].get("QLinearConv", 0) >= 8
+        nodes[flag] = [n.op_type for n in onnx.load(out).graph.node]
+    assert nodes["--align"].count("Pad") == 1 and nodes["--align"].count("Slice") == 5
+    assert "Pad" not in nodes["--no-align"] and "Slice" not in nodes["--no-align"]
+
+
+@pytest.mark.slow
 def test_pruned_checkpoint_and_packed_file_export_and_check(files, tmp_path):
     pruned = runner.invoke(app, ["export", str(files["pruned"]), "--out",
                                  str(tmp_path / "pruned.onnx"), *CHECK, "--no-latency"])
@@ -174,7 +196,7 @@ def _fast_export(monkeypatch) -> None:
     """Export with torch's TorchScript exporter (under a second, where the dynamo exporter
     takes seconds): these tests are about the check, and a float model exports either way."""
 
-    def export(model, example, out):
+    def export(model, example, out, **_options):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (torch.cat([example, example]),), str(out), dynamo=False,

@@ -64,6 +64,7 @@ class _Settings:
     repeats: int
     min_agreement: float
     batch_size: int
+    align: bool = True  # netshrink.deploy.align's padding and stem unroll (MLAS_X86)
 
 
 def export(
@@ -95,6 +96,10 @@ def export(
     min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement with PyTorch; "
                                                       "below it the exit code is 1.")] = 0.99,
     batch_size: Annotated[int, typer.Option(help="Batch size of the check.")] = 256,
+    align: Annotated[bool, typer.Option(
+        help="Shape int8 convs for ONNX Runtime's fast int8 kernel: channels padded with zero "
+             "weights, the stem's rows unrolled (exact; netshrink.deploy.align). --no-align "
+             "writes the graph as exported.")] = True,
     table: Annotated[str | None, typer.Option(help="Export and check every finished row of "
                                                    "this table (with --runs).")] = None,
     runs: Annotated[Path | None, typer.Option(help="--table: the runs folder of bench "
@@ -122,7 +127,7 @@ def export(
         validate.check_at_least("--in-channels", in_channels, 1)
     settings = _Settings(check=check, runtimes=_runtimes(runtime), latency=latency,
                          threads=thread_counts, repeats=repeats, min_agreement=min_agreement,
-                         batch_size=batch_size)
+                         batch_size=batch_size, align=align)
     if table is not None:
         if checkpoint is not None or out is not None:
             raise typer.BadParameter("--table exports the rows' own files (RUNS/TABLE/ROW/"
@@ -226,9 +231,11 @@ def export_and_check(model: nn.Module, out: Path, shape: tuple[int, ...],
     ``ok`` (every check passed) and ``failures`` (why not)."""
     model = model.cpu().eval()
     started = time.perf_counter()
-    path = _deploy().export_onnx(model, torch.zeros(1, *shape), out)
+    deploy = _deploy()
+    path = deploy.export_onnx(model, torch.zeros(1, *shape), out,
+                              align=deploy.MLAS_X86 if settings.align else None)
     result: dict[str, Any] = {"file": str(path), "file_bytes": path.stat().st_size,
-                              "input_shape": list(shape),
+                              "input_shape": list(shape), "align": settings.align,
                               "export_seconds": time.perf_counter() - started,
                               "min_agreement": settings.min_agreement, "runtimes": {}}
     failures: list[str] = []
